@@ -1,0 +1,1 @@
+"""SAJE: the Simple Azure Job Environment, a Snakemake executor for Azure Batch."""
