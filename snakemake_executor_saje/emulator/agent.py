@@ -1,0 +1,464 @@
+"""The node agent: runs start tasks and tasks as local processes inside each node's directory.
+
+A task's life on a node, as on Azure: resource files are downloaded into its working dir
+('preparing'), the command line runs without a shell ('running') with the AZ_BATCH_* environment,
+stdout.txt/stderr.txt land in the task dir, output files are uploaded, then the agent reports the
+exit code. A multi-instance task downloads commonResourceFiles and runs the coordination command on
+every node, then the application command on the primary only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import blobio, ssh_shim
+from .layout import NodeLayout
+from .model import Job, Node, Pool, Task
+from .state import BatchState, _set_state
+from .timeutil import iso_now, parse_duration
+
+log = logging.getLogger(__name__)
+
+# Variables a node inherits from the machine the emulator runs on: the "image" of every node.
+HOST_VARIABLES = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "TERM", "SYSTEMROOT")
+KILL_GRACE_SECONDS = 3.0
+
+
+@dataclass
+class Failure:
+    category: str
+    code: str
+    message: str
+
+    def as_tuple(self) -> tuple[str, str, str]:
+        return (self.category, self.code, self.message)
+
+
+def user_identity(identity: dict[str, Any] | None, *, start_task: bool = False) -> tuple[str, str]:
+    """(AZ_BATCH_TASK_USER, AZ_BATCH_TASK_USER_IDENTITY) for a task's userIdentity."""
+    identity = identity or {}
+    if identity.get("username"):
+        return identity["username"], identity["username"]
+    auto = identity.get("autoUser") or {}
+    scope = (auto.get("scope") or ("task" if start_task else "pool")).lower()
+    admin = (auto.get("elevationLevel") or "nonadmin").lower() == "admin"
+    role = f"{'Pool' if scope == 'pool' else 'Task'}{'Admin' if admin else 'NonAdmin'}"
+    user = "_azbatch" if scope == "pool" else ("_azbatchtask_start" if start_task else "_azbatchtask_1")
+    return user, role
+
+
+class NodeAgent:
+    def __init__(self, state: BatchState):
+        self.state = state
+        self.config = state.config
+        self.data_dir = Path(self.config.data_dir)
+        self.bin_dir = self.data_dir / "sys" / "bin"
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        ssh_shim.install_ssh_shim(self.bin_dir, self.data_dir, python=sys.executable)
+        self._procs: dict[str, list[subprocess.Popen]] = {}
+        self._killed: dict[str, str] = {}
+        self._lock = threading.Lock()
+        state.on_kill = self.kill
+
+    # ----------------------------------------------------------------- nodes
+    def register_node(self, node: Node) -> None:
+        NodeLayout(Path(node.root)).create()
+        ssh_shim.register_host(self.data_dir, node.address, {
+            "node_id": node.id, "pool_id": node.pool_id, "root": node.root,
+            "hostname": self.hostname(node),
+        })
+
+    @staticmethod
+    def hostname(node: Node) -> str:
+        return node.id.split("_")[1][:12] + ("d" if node.dedicated else "p") if "_" in node.id else node.id
+
+    def forget_node(self, node: Node) -> None:
+        ssh_shim.unregister_host(self.data_dir, node.address)
+        shutil.rmtree(node.root, ignore_errors=True)
+
+    def stop_all(self) -> None:
+        """Kill every process the agent started (emulator shutdown)."""
+        with self._lock:
+            keys = list(self._procs)
+        for key in keys:
+            self._kill_key(key, "shutdown")
+
+    # ----------------------------------------------------------------- environment
+    def base_environment(self, node: Node) -> dict[str, str]:
+        env = {k: os.environ[k] for k in HOST_VARIABLES if k in os.environ}
+        # The node "image" carries the emulator's own Python (snakemake, MPI wheels) and ssh.
+        path = [str(self.bin_dir), str(Path(sys.executable).parent), env.get("PATH", os.defpath)]
+        env["PATH"] = os.pathsep.join(path)
+        env.update(ssh_shim.emulated_node_mpi_environment())
+        env.update(ssh_shim.node_environment(node.address, {
+            "node_id": node.id, "pool_id": node.pool_id, "root": node.root, "hostname": self.hostname(node),
+        }))
+        layout = node.layout
+        env.update({
+            "AZ_BATCH_ACCOUNT_NAME": self.config.account_name,
+            "AZ_BATCH_ACCOUNT_URL": self.state.account_url + "/",
+            "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.dedicated else "false",
+            "AZ_BATCH_NODE_MOUNTS_DIR": str(layout.root / "fsmounts"),
+            "AZ_BATCH_CERTIFICATES_DIR": str(layout.startup / "certs"),
+        })
+        return env
+
+    def task_environment(self, node: Node, job: Job | None, task_rest: dict[str, Any], task_dir: Path,
+                         *, start_task: bool = False) -> dict[str, str]:
+        env = self.base_environment(node)
+        user, role = user_identity(task_rest.get("userIdentity"), start_task=start_task)
+        wd = task_dir / "wd"
+        env.update({
+            "AZ_BATCH_TASK_DIR": str(task_dir), "AZ_BATCH_TASK_WORKING_DIR": str(wd),
+            "AZ_BATCH_TASK_USER": user, "AZ_BATCH_TASK_USER_IDENTITY": role,
+            "HOME": str(wd), "PWD": str(wd), "USER": user,
+        })
+        env["PATH"] = os.pathsep.join([env["PATH"], env["AZ_BATCH_NODE_SHARED_DIR"], str(wd)])
+        if job is not None:
+            env["AZ_BATCH_JOB_ID"] = job.id
+            if not start_task:
+                env["AZ_BATCH_TASK_ID"] = task_rest["id"]
+            if job.rest.get("jobPreparationTask"):
+                prep_dir = node.layout.task_dir(job.id, job.rest["jobPreparationTask"]["id"])
+                env["AZ_BATCH_JOB_PREP_DIR"] = str(prep_dir)
+                env["AZ_BATCH_JOB_PREP_WORKING_DIR"] = str(prep_dir / "wd")
+            for setting in job.rest.get("commonEnvironmentSettings") or []:
+                env[setting["name"]] = setting.get("value") or ""
+        for setting in task_rest.get("environmentSettings") or []:
+            env[setting["name"]] = setting.get("value") or ""
+        return env
+
+    # ----------------------------------------------------------------- processes
+    def _spawn(self, key: str, command_line: str, env: dict[str, str], cwd: Path, out_dir: Path,
+               stem: str = "") -> subprocess.Popen:
+        """Start one command line without a shell, as Batch does on Linux."""
+        argv = shlex.split(command_line)
+        if not argv:
+            raise FileNotFoundError("empty command line")
+        program = argv[0]
+        if os.sep not in program:
+            found = shutil.which(program, path=env.get("PATH"))
+            if found is None:
+                raise FileNotFoundError(program)
+            argv[0] = found
+        elif not os.path.isabs(program):
+            argv[0] = str(cwd / program)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cwd.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / f"{stem}stdout.txt", "ab") as out, open(out_dir / f"{stem}stderr.txt", "ab") as err:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        with self._lock:
+            self._procs.setdefault(key, []).append(proc)
+        return proc
+
+    def _wait(self, key: str, proc: subprocess.Popen, deadline: float | None) -> int | None:
+        """Exit code, or None when the wall clock ran out (the process group is then killed)."""
+        while True:
+            try:
+                return proc.wait(timeout=0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._kill_key(key, "wallclock")
+                    proc.wait()
+                    return None
+
+    def _forget(self, key: str) -> str | None:
+        with self._lock:
+            self._procs.pop(key, None)
+            return self._killed.pop(key, None)
+
+    def kill(self, task: Task, reason: str) -> None:
+        self._kill_key(task.key, reason)
+
+    def _kill_key(self, key: str, reason: str) -> None:
+        with self._lock:
+            procs = list(self._procs.get(key, []))
+            if procs:
+                self._killed[key] = reason
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(proc, signal.SIGKILL)
+
+    # ----------------------------------------------------------------- start task
+    def run_start_task(self, node: Node) -> None:
+        threading.Thread(target=self._start_task_thread, args=(node,), name=f"start-{node.id[:16]}", daemon=True).start()
+
+    def _start_task_thread(self, node: Node) -> None:
+        with self.state.lock:
+            pool = self.state.pools.get(node.pool_id)
+            start = dict(pool.rest.get("startTask") or {}) if pool else {}
+        if not start:
+            return
+        layout = node.layout
+        key = f"start/{node.id}"
+        retries = int((start.get("maxTaskRetryCount") or 0))
+        attempt = 0
+        while True:
+            env = self.task_environment(node, None, start, layout.startup, start_task=True)
+            failure, exit_code = None, None
+            try:
+                blobio.download_resource_files(start.get("resourceFiles") or [], layout.startup / "wd",
+                                               auto_storage=self.auto_storage())
+                if self.state.faults.take_start_task_failure():
+                    exit_code = 1
+                    (layout.startup / "stderr.txt").write_text("start task failed (injected fault)\n")
+                else:
+                    proc = self._spawn(key, start["commandLine"], env, layout.startup / "wd", layout.startup)
+                    exit_code = self._wait(key, proc, None)
+            except blobio.ResourceFileError as exc:
+                failure = Failure(exc.category, exc.code, exc.message)
+            except FileNotFoundError:
+                failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
+            if self._forget(key):
+                return
+            if failure is None and exit_code == 0:
+                break
+            if attempt >= retries and retries != -1:
+                break
+            attempt += 1
+        with self.state.lock:
+            info = node.rest.setdefault("startTaskInfo", {})
+            info.update(state="completed", endTime=iso_now(), retryCount=attempt)
+            if exit_code is not None:
+                info["exitCode"] = exit_code
+            ok = failure is None and exit_code == 0
+            info["result"] = "success" if ok else "failure"
+            if not ok:
+                f = failure or Failure("usererror", "FailureExitCode", "The task exited with an exit code representing a failure")
+                info["failureInfo"] = {"category": f.category, "code": f.code, "message": f.message}
+            if node.state == "waitingforstarttask":
+                _set_state(node.rest, "idle" if ok else "starttaskfailed")
+            self.state.save_node(node)
+            self.state.notify()
+
+    def auto_storage(self) -> "blobio.AutoStorage | None":
+        cs = self.config.auto_storage_connection_string
+        return blobio.AutoStorage(connection_string=cs) if cs else None
+
+    # ----------------------------------------------------------------- tasks
+    def run_task(self, task: Task, nodes: list[Node], attempt: int) -> None:
+        target = self._multi_instance_thread if task.instances > 1 else self._task_thread
+        threading.Thread(target=target, args=(task, nodes, attempt), name=f"task-{task.id[:24]}", daemon=True).start()
+
+    def _snapshot(self, task: Task) -> tuple[Job | None, dict[str, Any]]:
+        with self.state.lock:
+            return self.state.jobs.get(task.job_id), dict(task.rest)
+
+    def _deadline(self, rest: dict[str, Any]) -> float | None:
+        limit = parse_duration(rest["constraints"].get("maxWallClockTime") or "P10675199D")
+        return None if limit.days > 365 * 100 else time.monotonic() + limit.total_seconds()
+
+    def _prepare_job(self, job: Job, node: Node) -> bool:
+        """Run the job preparation task once per node before the job's first task there."""
+        prep = job.rest.get("jobPreparationTask")
+        if not prep:
+            return True
+        with self.state.lock:
+            status = node.prepared_jobs.get(job.id)
+        if status == "succeeded":
+            return True
+        task_dir = node.layout.task_dir(job.id, prep["id"])
+        key = f"prep/{job.id}/{node.id}"
+        env = self.task_environment(node, job, prep, task_dir)
+        started = iso_now()
+        exit_code, failure = None, None
+        try:
+            blobio.download_resource_files(prep.get("resourceFiles") or [], task_dir / "wd", auto_storage=self.auto_storage())
+            proc = self._spawn(key, prep["commandLine"], env, task_dir / "wd", task_dir)
+            exit_code = self._wait(key, proc, None)
+        except blobio.ResourceFileError as exc:
+            failure = Failure(exc.category, exc.code, exc.message)
+        except FileNotFoundError:
+            failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
+        self._forget(key)
+        ok = failure is None and exit_code == 0
+        with self.state.lock:
+            node.prepared_jobs[job.id] = "succeeded" if ok or not prep.get("waitForSuccess", True) else "failed"
+            record = {"state": "completed", "startTime": started, "endTime": iso_now(), "taskRootDirectory": str(task_dir),
+                      "result": "success" if ok else "failure", "retryCount": 0}
+            if exit_code is not None:
+                record["exitCode"] = exit_code
+            if failure:
+                record["failureInfo"] = {"category": failure.category, "code": failure.code, "message": failure.message}
+            job.prep_release[node.id] = {"poolId": node.pool_id, "nodeId": node.id, "nodeUrl": node.rest["url"],
+                                         "jobPreparationTaskExecutionInfo": record}
+            self.state.save_node(node)
+            self.state.save_job(job)
+        return node.prepared_jobs[job.id] == "succeeded"
+
+    def _task_thread(self, task: Task, nodes: list[Node], attempt: int) -> None:
+        node = nodes[0]
+        job, rest = self._snapshot(task)
+        if job is None:
+            return
+        if not self._prepare_job(job, node):
+            with self.state.lock:
+                if task.attempt == attempt and task.state == "preparing":
+                    self.state._release_nodes(task)
+                    _set_state(task.rest, "active")
+                    job.pending.appendleft(task.id)
+                    self.state.notify()
+            return
+        task_dir = node.layout.task_dir(job.id, task.id)
+        wd = task_dir / "wd"
+        wd.mkdir(parents=True, exist_ok=True)
+        env = self.task_environment(node, job, rest, task_dir)
+        exit_code, failure = None, None
+        try:
+            blobio.download_resource_files(rest.get("resourceFiles") or [], wd, auto_storage=self.auto_storage())
+            if not self.state.mark_running(task, attempt):
+                return
+            proc = self._spawn(task.key, rest["commandLine"], env, wd, task_dir)
+            exit_code = self._wait(task.key, proc, self._deadline(rest))
+            if exit_code is None:
+                failure = Failure("usererror", "MaxWallClockTimeExceeded",
+                                  "The task ran longer than its maxWallClockTime constraint and was terminated")
+        except blobio.ResourceFileError as exc:
+            failure = Failure(exc.category, exc.code, exc.message)
+        except FileNotFoundError:
+            failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
+        if self._forget(task.key):
+            return  # killed on purpose: whoever killed it already recorded the outcome
+        failure = self._upload_outputs(rest, wd, task_dir, exit_code, failure)
+        self._report(task, attempt, exit_code, failure, node)
+
+    def _upload_outputs(self, rest: dict[str, Any], wd: Path, task_dir: Path, exit_code: int | None,
+                        failure: Failure | None) -> Failure | None:
+        outputs = rest.get("outputFiles") or []
+        if not outputs:
+            return failure
+        failed = failure is not None or exit_code not in (0, None)
+        problems = blobio.upload_output_files(outputs, wd, task_dir, exit_code=exit_code, failed=failed)
+        if problems and failure is None:
+            first = problems[0]
+            return Failure("usererror", first.get("code", "FileUploadError"), first.get("message", "An output file upload failed"))
+        return failure
+
+    def _report(self, task: Task, attempt: int, exit_code: int | None, failure: Failure | None, node: Node,
+                subtask_results: list[dict] | None = None) -> None:
+        with self.state.lock:
+            succeeded = failure is None and exit_code == 0
+            if self.state.complete_task(task, exit_code=exit_code, failure=failure.as_tuple() if failure else None,
+                                        attempt=attempt, subtask_results=subtask_results):
+                node.rest["totalTasksRun"] = int(node.rest.get("totalTasksRun", 0)) + 1
+                node.rest["totalTasksSucceeded"] = int(node.rest.get("totalTasksSucceeded", 0)) + int(succeeded)
+                self.state.save_node(node)
+
+    # ----------------------------------------------------------------- multi-instance
+    def _multi_instance_thread(self, task: Task, nodes: list[Node], attempt: int) -> None:
+        job, rest = self._snapshot(task)
+        if job is None:
+            return
+        settings = rest["multiInstanceSettings"]
+        primary = nodes[0]
+        hosts = [n.address for n in nodes]
+        results: list[dict | None] = [None] * len(nodes)
+        failure: Failure | None = None
+
+        def instance_env(index: int, node: Node) -> dict[str, str]:
+            task_dir = node.layout.task_dir(job.id, task.id)
+            env = self.task_environment(node, job, rest, task_dir)
+            env.update({
+                "AZ_BATCH_HOST_LIST": ",".join(hosts), "AZ_BATCH_NODE_LIST": ";".join(hosts),
+                "AZ_BATCH_MASTER_NODE": f"{primary.address}:6000",
+                "AZ_BATCH_IS_CURRENT_NODE_MASTER": "true" if index == 0 else "false",
+                "AZ_BATCH_TASK_SHARED_DIR": str(task_dir),
+                "AZ_BATCH_INSTANCE_COUNT": str(len(nodes)),
+            })
+            return env
+
+        def prepare(index: int, node: Node) -> None:
+            nonlocal failure
+            task_dir = node.layout.task_dir(job.id, task.id)
+            (task_dir / "wd").mkdir(parents=True, exist_ok=True)
+            try:
+                if not self._prepare_job(job, node):
+                    raise blobio.ResourceFileError("JobPreparationTaskFailed", "The job preparation task failed on a node of the task")
+                blobio.download_resource_files(settings.get("commonResourceFiles") or [], task_dir, auto_storage=self.auto_storage())
+                if index == 0:
+                    blobio.download_resource_files(rest.get("resourceFiles") or [], task_dir / "wd", auto_storage=self.auto_storage())
+            except blobio.ResourceFileError as exc:
+                failure = Failure(exc.category, exc.code, exc.message)
+
+        threads = [threading.Thread(target=prepare, args=(i, n)) for i, n in enumerate(nodes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failure is None and not self.state.mark_running(task, attempt):
+            return
+        deadline = self._deadline(rest)
+        coordination = settings.get("coordinationCommandLine")
+        exit_code = None
+        if failure is None and coordination:
+            procs = []
+            try:
+                for index, node in enumerate(nodes):
+                    task_dir = node.layout.task_dir(job.id, task.id)
+                    procs.append(self._spawn(task.key, coordination, instance_env(index, node), task_dir / "wd", task_dir,
+                                             stem="" if index else "coordination-"))
+            except FileNotFoundError:
+                failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
+            for index, proc in enumerate(procs):
+                code = self._wait(task.key, proc, deadline)
+                results[index] = {"exitCode": code, "endTime": iso_now()}
+                if code != 0 and failure is None:
+                    node = nodes[index]
+                    failure = Failure("usererror", "FailureExitCode",
+                                      f"The coordination command failed on subtask {index} (node {node.id}) with exit code {code}")
+        if failure is None:
+            task_dir = primary.layout.task_dir(job.id, task.id)
+            try:
+                proc = self._spawn(task.key, rest["commandLine"], instance_env(0, primary), task_dir / "wd", task_dir)
+                exit_code = self._wait(task.key, proc, deadline)
+                if exit_code is None:
+                    failure = Failure("usererror", "MaxWallClockTimeExceeded",
+                                      "The task ran longer than its maxWallClockTime constraint and was terminated")
+            except FileNotFoundError:
+                failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
+        # The primary's end ends the task: stop whatever the coordination commands left running.
+        if self._forget(task.key):
+            return
+        with self._lock:
+            leftovers = self._procs.pop(task.key, [])
+        for proc in leftovers:
+            _signal_group(proc, signal.SIGKILL)
+        task_dir = primary.layout.task_dir(job.id, task.id)
+        failure = self._upload_outputs(rest, task_dir / "wd", task_dir, exit_code, failure)
+        subtask_results = []
+        for index in range(1, len(nodes)):
+            result = results[index] or {}
+            record = {"state": "completed", "endTime": result.get("endTime", iso_now())}
+            code = result.get("exitCode")
+            if code is not None:
+                record["exitCode"] = code
+                record["result"] = "success" if code == 0 else "failure"
+                if code != 0:
+                    record["failureInfo"] = {"category": "usererror", "code": "FailureExitCode",
+                                             "message": "The task exited with an exit code representing a failure"}
+            subtask_results.append(record)
+        self._report(task, attempt, exit_code, failure, primary, subtask_results)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,45 @@
+"""The emulator's knobs. Defaults are the real service's; tests shorten the slow ones."""
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+
+def new_account_key() -> str:
+    """A random 64-byte key, base64 like a real Batch account key."""
+    return base64.b64encode(os.urandom(64)).decode()
+
+
+@dataclass
+class EmulatorConfig:
+    data_dir: Path
+    account_name: str = "sajelocal"
+    account_key: str = field(default_factory=new_account_key, repr=False)
+    region: str = "local"
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: the OS picks a free port
+    tls: bool = False  # HTTPS with a generated self-signed certificate (bearer tokens need it)
+    persist: bool = True  # SQLite under data_dir; False keeps state in memory only
+    # Seconds a node spends in 'creating' and in 'starting' before it can run its start task.
+    node_boot_seconds: float = 1.0
+    # Real Batch refuses an autoScaleEvaluationInterval under 5 minutes; tests lower this floor.
+    autoscale_min_interval: timedelta = timedelta(minutes=5)
+    # How often the pool metrics ($PendingTasks, ...) are sampled for autoscale formulas.
+    autoscale_sample_interval: timedelta = timedelta(seconds=30)
+    # Dedicated and Spot core quotas of the account (real defaults vary by region and subscription).
+    dedicated_core_quota: int = 2000
+    low_priority_core_quota: int = 2000
+    scheduler_tick_seconds: float = 0.05
+    # Blob service linked as the account's auto-storage (autoStorageContainerName resource files).
+    auto_storage_connection_string: str | None = field(default=None, repr=False)
+    # A catalogue file overriding the bundled VM sizes (``saje emulator start --vm-size FILE``).
+    vm_size_catalogue: Path | None = None
+    # Addresses are handed out from 127.<subnet>.x.y so concurrent emulators do not collide.
+    address_subnet: int | None = None
+
+    @property
+    def db_path(self) -> Path | None:
+        return self.data_dir / "batch.sqlite" if self.persist else None

@@ -1,0 +1,150 @@
+"""`Emulator`: one local Batch account (plus, on request, Azurite) started and stopped as a unit.
+
+    with Emulator(tmp_path) as emu:
+        client = BatchClient(emu.endpoint, emu.credential())
+
+Stopping kills every task process the emulator started, then Azurite, whatever happened before.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import auth
+from .agent import NodeAgent
+from .api import BatchApi
+from .config import EmulatorConfig
+from .scheduler import Scheduler
+from .server import Frontend, HttpServer
+from .state import BatchState
+
+
+class Emulator:
+    def __init__(self, data_dir: Path | str | None = None, *, with_azurite: bool = False,
+                 config: EmulatorConfig | None = None, **overrides: Any):
+        if config is None:
+            if data_dir is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="saje-emulator-")
+                data_dir = self._tmp.name
+            config = EmulatorConfig(data_dir=Path(data_dir))
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.config.data_dir = Path(self.config.data_dir).resolve()
+        self.with_azurite = with_azurite
+        self.azurite = None
+        self.arm = None
+        self._http: HttpServer | None = None
+        self._scheduler: Scheduler | None = None
+        self._agent: NodeAgent | None = None
+        self.state: BatchState | None = None
+        self.issuer = auth.TokenIssuer()
+        self.identity_header = auth.new_identity_header()
+        self.cert_path: Path | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> "Emulator":
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.with_azurite:
+                from .azurite import Azurite
+
+                self.azurite = Azurite(location=cfg.data_dir / "azurite").start()
+                cfg.auto_storage_connection_string = self.azurite.connection_string
+            certfile = keyfile = None
+            if cfg.tls:
+                cert, key = auth.generate_self_signed_cert(cfg.data_dir / "tls")
+                certfile, keyfile = str(cert), str(key)
+                self.cert_path = cert
+            # Bind first so the account URL (with the real port) is known to the state.
+            placeholder = BatchApi.__new__(BatchApi)
+            frontend = Frontend(placeholder, accounts={cfg.account_name: cfg.account_key}, issuer=self.issuer,
+                                identity_header=self.identity_header)
+            self._http = HttpServer(frontend, cfg.host, cfg.port, certfile=certfile, keyfile=keyfile)
+            scheme = "https" if cfg.tls else "http"
+            self.state = BatchState(cfg, f"{scheme}://{cfg.host}:{self._http.port}")
+            api = BatchApi(self.state)
+            frontend.api, frontend.state = api, self.state
+            self.frontend = frontend
+            self._mount_arm(frontend)
+            self._agent = NodeAgent(self.state)
+            self._scheduler = Scheduler(self.state, self._agent)
+            self._scheduler.start()
+            self._http.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _mount_arm(self, frontend: Frontend) -> None:
+        """Serve the ARM subset the setup workflows call, when that module is present."""
+        try:
+            from .arm import ArmService
+        except ImportError:
+            return
+        self.arm = ArmService(self)
+        frontend.arm = self.arm.handle
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        if self._scheduler is not None:
+            self._scheduler.stop()
+            self._scheduler = None
+        if self._agent is not None:
+            self._agent.stop_all()
+            self._agent = None
+        if self.state is not None:
+            self.state.store.close()
+        if self.azurite is not None:
+            self.azurite.stop()
+            self.azurite = None
+
+    def __enter__(self) -> "Emulator":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- what clients need
+    @property
+    def endpoint(self) -> str:
+        assert self.state is not None, "start the emulator first"
+        return self.state.account_url
+
+    @property
+    def account_name(self) -> str:
+        return self.config.account_name
+
+    @property
+    def account_key(self) -> str:
+        return self.config.account_key
+
+    @property
+    def faults(self):
+        assert self.state is not None, "start the emulator first"
+        return self.state.faults
+
+    @property
+    def request_counts(self) -> dict[str, int]:
+        return dict(self.frontend.request_counts)
+
+    def credential(self):
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        return AzureNamedKeyCredential(self.account_name, self.account_key)
+
+    def client(self, **kwargs: Any):
+        from azure.batch import BatchClient
+
+        return BatchClient(self.endpoint, self.credential(), **kwargs)
+
+    def identity_environment(self) -> dict[str, str]:
+        """Variables that point azure-identity's managed-identity credential at this emulator."""
+        return auth.token_endpoint_env(self.endpoint, self.identity_header)
+
+    def preempt(self, pool_id: str, node_id: str) -> None:
+        assert self.state is not None
+        self.state.preempt_node(pool_id, node_id)
