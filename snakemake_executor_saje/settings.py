@@ -1,0 +1,360 @@
+"""The plugin's settings: ``--saje-*`` flags and ``SNAKEMAKE_SAJE_*`` variables.
+
+Snakemake builds the argument parser from these dataclass fields, so every
+field has a default and help text. Do not add ``from __future__ import
+annotations`` here: Snakemake reads ``field.type`` as a real type.
+
+Secrets (``account_key``, ``container_registry_password``) are fields only so
+that they can come from the environment; their help says so, they have no
+default, and they are left out of ``repr`` so that a logged settings object
+never shows them.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from snakemake_interface_common.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import (
+    CommonSettings,
+    ExecutorSettingsBase,
+)
+
+__all__ = [
+    "ExecutorSettings",
+    "common_settings",
+    "DEFAULT_CREDENTIALS_FILE",
+    "MPI_FLAVORS",
+    "SNAKEMAKE_INSTALL_MODES",
+    "AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES",
+]
+
+DEFAULT_CREDENTIALS_FILE = Path("~/.azure/saje.json")
+MPI_FLAVORS = ("auto", "openmpi", "mpich", "intelmpi")
+SNAKEMAKE_INSTALL_MODES = ("pip", "container", "none")
+# Azure Batch rejects an autoscale evaluation interval under 5 minutes; the
+# emulator accepts shorter ones so that tests can watch a pool grow and shrink.
+AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES = 5.0
+
+
+def _help(text: str, *, env: bool = False, secret: bool = False, **extra):
+    meta = {"help": text, **extra}
+    if env:
+        meta["env_var"] = True
+    if secret:
+        meta["help"] += (
+            " Secret: set it only through the environment variable, never on the"
+            " command line or in a profile; it is never printed."
+        )
+    return meta
+
+
+@dataclass
+class ExecutorSettings(ExecutorSettingsBase):
+    # --- where and who -------------------------------------------------------
+    account_url: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Batch account endpoint, e.g. https://myaccount.eastus.batch.azure.com"
+            " (or http://127.0.0.1:PORT/ACCOUNT for the emulator). Falls back to the"
+            " profile's batch_account_url.",
+            env=True,
+        ),
+    )
+    credential_profile: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Name of a profile in the credentials file. Unset: DefaultAzureCredential"
+            " (az login, managed identity, AZURE_* environment) or shared key when"
+            " account name and key are set.",
+            env=True,
+        ),
+    )
+    credentials_file: Path = field(
+        default=DEFAULT_CREDENTIALS_FILE,
+        metadata=_help(
+            "JSON file with named credential profiles; must be private (chmod 600).",
+            env=True,
+        ),
+    )
+    account_name: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Batch account name for shared-key authentication (the emulator).",
+            env=True,
+        ),
+    )
+    account_key: Optional[str] = field(
+        default=None,
+        repr=False,
+        metadata=_help(
+            "Batch account key for shared-key authentication.", env=True, secret=True
+        ),
+    )
+    # --- pools ----------------------------------------------------------------
+    pool_id: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Run every non-MPI job on this existing pool instead of creating pools."
+            " It is never resized or deleted."
+        ),
+    )
+    vm_size: str = field(
+        default="Standard_D2s_v5",
+        metadata=_help("VM size of the pools SAJE creates for ordinary jobs."),
+    )
+    image: str = field(
+        default="canonical:ubuntu-24_04-lts:server",
+        metadata=_help(
+            "Node image: publisher:offer:sku[:version] from the Marketplace, or an"
+            " Azure Compute Gallery image (version) resource id."
+        ),
+    )
+    node_agent_sku: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Batch node agent SKU id, e.g. 'batch.node.ubuntu 24.04'. Derived from"
+            " the image when unset; required for gallery images."
+        ),
+    )
+    task_slots_per_node: Optional[int] = field(
+        default=None,
+        metadata=_help(
+            "Task slots per node of ordinary pools (a job takes as many slots as it"
+            " has threads). Default: the VM size's vCPUs."
+        ),
+    )
+    nodes: Optional[int] = field(
+        default=None,
+        metadata=_help(
+            "Fixed node count for created pools. Unset: autoscale between"
+            " --saje-min-nodes and --saje-max-nodes."
+        ),
+    )
+    min_nodes: int = field(
+        default=0,
+        metadata=_help("Autoscale lower bound (0 lets an idle pool cost nothing)."),
+    )
+    max_nodes: int = field(
+        default=10, metadata=_help("Autoscale upper bound for ordinary pools.")
+    )
+    autoscale_formula: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Replace SAJE's autoscale formula (see docs/autoscale). {min_nodes},"
+            " {max_nodes} and {slots_per_node} are substituted."
+        ),
+    )
+    autoscale_interval: float = field(
+        default=5.0,
+        metadata=_help(
+            "Autoscale evaluation interval in minutes (Azure's minimum is 5; the"
+            " emulator accepts less)."
+        ),
+    )
+    spot: bool = field(
+        default=False,
+        metadata=_help(
+            "Put every ordinary job on spot (low-priority) nodes. Use"
+            " --preemptible-rules to choose rules instead."
+        ),
+    )
+    keep_pool: bool = field(
+        default=False,
+        metadata=_help(
+            "Keep the pools SAJE created after the run (they keep costing money"
+            " while they have nodes)."
+        ),
+    )
+    subnet_id: Optional[str] = field(
+        default=None,
+        metadata=_help("Virtual network subnet resource id for created pools."),
+    )
+    pool_ready_timeout: int = field(
+        default=30,
+        metadata=_help(
+            "Minutes to wait for a created pool to reach steady state before failing."
+        ),
+    )
+    # --- software on the node ----------------------------------------------------
+    snakemake_install: str = field(
+        default="pip",
+        metadata=_help(
+            "How nodes get Snakemake: 'pip' installs the version running here in the"
+            " pool's start task, 'container' runs jobs in --saje-container-image,"
+            " 'none' trusts the image to have it.",
+            choices=list(SNAKEMAKE_INSTALL_MODES),
+        ),
+    )
+    snakemake_version: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Snakemake version installed on nodes with --saje-snakemake-install pip."
+            " Default: the version running here."
+        ),
+    )
+    container_image: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Container image every job runs in (per rule: resources saje_container)."
+        ),
+    )
+    container_registry: Optional[str] = field(
+        default=None,
+        metadata=_help("Registry server of a private container image, e.g. x.azurecr.io."),
+    )
+    container_registry_username: Optional[str] = field(
+        default=None,
+        metadata=_help("User name for the container registry.", env=True),
+    )
+    container_registry_password: Optional[str] = field(
+        default=None,
+        repr=False,
+        metadata=_help("Password for the container registry.", env=True, secret=True),
+    )
+    # --- data ---------------------------------------------------------------------
+    storage_account_url: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Blob endpoint used to stage sources and files when no default storage"
+            " provider is set, e.g. https://acct.blob.core.windows.net.",
+            env=True,
+        ),
+    )
+    storage_container: str = field(
+        default="saje",
+        metadata=_help("Blob container for staging; each run writes under its own prefix."),
+    )
+    # --- tasks --------------------------------------------------------------------
+    task_retries: int = field(
+        default=0,
+        metadata=_help(
+            "Times Batch retries a failed task (Snakemake's --retries and"
+            " --preemptible-retries are honoured on top)."
+        ),
+    )
+    max_wall_clock: Optional[int] = field(
+        default=None,
+        metadata=_help(
+            "Wall-clock limit in minutes for tasks whose rule sets no runtime."
+            " Default: none."
+        ),
+    )
+    poll_interval: float = field(
+        default=10.0,
+        metadata=_help("Seconds between status polls (one list call for the whole run)."),
+    )
+    # --- MPI ----------------------------------------------------------------------
+    mpi_vm_size: str = field(
+        default="Standard_HB120rs_v3",
+        metadata=_help("VM size of MPI pools (an RDMA/InfiniBand size)."),
+    )
+    mpi_image: str = field(
+        default="microsoft-dsvm:ubuntu-hpc:2404",
+        metadata=_help(
+            "Image of MPI pools: publisher:offer:sku[:version] or a gallery image id."
+        ),
+    )
+    mpi_node_agent_sku: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Node agent SKU id for --saje-mpi-image when it cannot be derived."
+        ),
+    )
+    mpi_max_nodes: int = field(
+        default=4,
+        metadata=_help(
+            "Largest node count of an MPI pool, and so of one MPI job (Batch allows"
+            " at most 100 with inter-node communication)."
+        ),
+    )
+    mpi_flavor: str = field(
+        default="auto",
+        metadata=_help(
+            "MPI implementation whose launcher environment SAJE prepares when it"
+            " cannot be detected (per rule: resources saje_mpi_flavor).",
+            choices=list(MPI_FLAVORS),
+        ),
+    )
+    mpi_allow_spot: bool = field(
+        default=False,
+        metadata=_help(
+            "Allow spot nodes for MPI pools. A preempted node kills the whole MPI job,"
+            " which is then retried."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise WorkflowError("Invalid SAJE settings: " + "; ".join(problems))
+
+    def _problems(self):
+        if self.nodes is not None and self.nodes < 0:
+            yield f"--saje-nodes must be >= 0, got {self.nodes}"
+        if self.min_nodes < 0:
+            yield f"--saje-min-nodes must be >= 0, got {self.min_nodes}"
+        if self.max_nodes < self.min_nodes:
+            yield (
+                f"--saje-max-nodes ({self.max_nodes}) is below --saje-min-nodes"
+                f" ({self.min_nodes})"
+            )
+        if self.autoscale_interval <= 0:
+            yield f"--saje-autoscale-interval must be > 0 minutes, got {self.autoscale_interval}"
+        if self.task_slots_per_node is not None and self.task_slots_per_node < 1:
+            yield f"--saje-task-slots-per-node must be >= 1, got {self.task_slots_per_node}"
+        if self.task_retries < -1:
+            yield f"--saje-task-retries must be >= -1 (-1: unlimited), got {self.task_retries}"
+        if self.max_wall_clock is not None and self.max_wall_clock < 1:
+            yield f"--saje-max-wall-clock must be >= 1 minute, got {self.max_wall_clock}"
+        if not 1 <= self.mpi_max_nodes <= 100:
+            yield (
+                f"--saje-mpi-max-nodes must be between 1 and 100 (Batch's limit for"
+                f" inter-node communication), got {self.mpi_max_nodes}"
+            )
+        if self.snakemake_install not in SNAKEMAKE_INSTALL_MODES:
+            yield (
+                f"--saje-snakemake-install must be one of {', '.join(SNAKEMAKE_INSTALL_MODES)},"
+                f" got {self.snakemake_install!r}"
+            )
+        if self.snakemake_install == "container" and not self.container_image:
+            yield "--saje-snakemake-install container needs --saje-container-image"
+        if self.mpi_flavor not in MPI_FLAVORS:
+            yield f"--saje-mpi-flavor must be one of {', '.join(MPI_FLAVORS)}, got {self.mpi_flavor!r}"
+        if self.poll_interval <= 0:
+            yield f"--saje-poll-interval must be > 0 seconds, got {self.poll_interval}"
+        if self.pool_ready_timeout < 1:
+            yield f"--saje-pool-ready-timeout must be >= 1 minute, got {self.pool_ready_timeout}"
+
+    @property
+    def autoscale(self) -> bool:
+        """True when created pools autoscale (no fixed --saje-nodes)."""
+        return self.nodes is None
+
+
+# How Snakemake must treat this executor. The choices that are not defaults:
+# - can_transfer_local_files=True: SAJE stages the workflow sources and local
+#   files itself (staging.py), so a run works with no default storage provider
+#   at all. Snakemake then neither uploads a source archive nor adds
+#   --deploy-sources to the job command, in both data routes.
+# - pass_envvar_declarations_to_cmd=False: declared environment variables
+#   (often secrets, e.g. storage keys) must not be written into the command
+#   line as `export X=...`; the executor passes them as the task's
+#   environmentSettings instead.
+# - auto_deploy_default_storage_provider=False: otherwise every job would
+#   `pip install` every registered storage plugin before it runs. The pool's
+#   start task installs Snakemake and the storage plugins once per node.
+# - pass_group_args=True: a group job runs as one task, and the Snakemake
+#   inside it needs the group arguments to run the whole group locally.
+common_settings = CommonSettings(
+    non_local_exec=True,
+    implies_no_shared_fs=True,
+    job_deploy_sources=True,
+    pass_default_storage_provider_args=True,
+    pass_default_resources_args=True,
+    pass_envvar_declarations_to_cmd=False,
+    auto_deploy_default_storage_provider=False,
+    init_seconds_before_status_checks=0,
+    pass_group_args=True,
+    can_transfer_local_files=True,
+)
