@@ -21,6 +21,10 @@ by `install_ssh_shim`, first on every task's PATH; the wrapper runs this file, w
    HOME/USER/LOGNAME/SHELL, SSH_CLIENT/SSH_CONNECTION, and `emulated_node_mpi_environment()`
    (the node-level MPI configuration an emulated node needs, see there). Anything else the
    remote side needs, the launcher must put on the command line, as on Azure;
+   The command runs in a new UTS namespace whose hostname is the node's (`enter_node_hostname`,
+   needs root/CAP_SYS_ADMIN; without it a warning goes to stderr and the machine's hostname
+   shows): Open MPI 5's PRRTE tells nodes apart by their daemons' gethostname() and hangs in
+   MPI_Init when two "nodes" report the same name; MPI_Get_processor_name shows it too;
 4. passes stdin/stdout/stderr through, and exits with the remote command's status (or
    128+N when it died of signal N, as sshd reports it). The remote command runs in its own
    session (process group); when the shim gets SIGTERM, SIGHUP or SIGINT, or its parent
@@ -35,6 +39,9 @@ kept across tasks, so no directory outside the real node layout is invented.
 This file imports only the standard library and is run by path, not through the package,
 so an ssh hop never imports the executor side (snakemake) and costs one bare interpreter
 start.
+
+Node addresses: any of 127/8 except 127.0.0.0/24 and 127.0.1.1, which MPICH's Hydra always
+takes for "this host" (it then forks its proxy locally instead of going through ssh).
 
 hosts.json: {"127.0.1.2": {"node_id": ..., "pool_id": ..., "root": "/abs/node/root",
 "hostname": "...", "env": {optional extra node-level variables}}, ...}
@@ -337,6 +344,31 @@ def _set_parent_death_signal(sig: int) -> None:
         pass
 
 
+_CLONE_NEWUTS = 0x04000000
+
+
+def enter_node_hostname(hostname: str) -> bool:
+    """Move the calling process into a new UTS namespace whose hostname is `hostname`.
+
+    Gives each emulated node its own gethostname(), which MPI runtimes use to tell nodes
+    apart (PRRTE names its daemons' nodes by it, MPI_Get_processor_name returns it). Use
+    it as a subprocess `preexec_fn` (the emulator's agent can do so for task processes
+    too). Needs CAP_SYS_ADMIN (root); returns False, changing nothing, when not allowed.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(_CLONE_NEWUTS) != 0:
+            return False
+        name = hostname.encode()[:64]
+        return libc.sethostname(name, len(name)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _kill_group(pgid: int, proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
@@ -374,8 +406,6 @@ def run(argv: list[str], data_dir: Path | str, caller_env: Mapping[str, str] | N
         return 255
     env = remote_environment(address, record, caller_env, hosts=hosts, user=inv.user)
     cmd = ["/bin/sh", "-c", inv.remote_command] if inv.command else ["/bin/sh"]
-    if os.environ.get("XX_UTS"):
-        cmd = ["unshare", "-u", "/bin/sh", "-c", 'hostname "$0" && exec "$@"', str(record["hostname"])] + cmd
     stdin = subprocess.DEVNULL if ("n" in inv.flags or "N" in inv.flags) else None
     if "N" in inv.flags:
         cmd = ["/bin/sh", "-c", "exec sleep 2147483647"]
@@ -388,10 +418,19 @@ def run(argv: list[str], data_dir: Path | str, caller_env: Mapping[str, str] | N
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, on_signal)
     _set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() == 1 and caller_env.get("SAJE_SSH_ALLOW_ORPHAN") != "1":
+    if os.getppid() == 1:
         return 255  # the launcher died before we armed the parent-death signal
 
-    proc = subprocess.Popen(cmd, cwd=home, env=env, stdin=stdin, start_new_session=True)
+    hostname = str(record["hostname"])
+
+    def in_node():  # runs in the child, between fork and exec
+        if not enter_node_hostname(hostname):
+            os.write(2, (f"ssh (SAJE emulator): cannot give {hostname} its own hostname "
+                         "(a UTS namespace needs CAP_SYS_ADMIN); MPI ranks on it will see "
+                         f"{os.uname().nodename}\n").encode())
+
+    proc = subprocess.Popen(cmd, cwd=home, env=env, stdin=stdin, start_new_session=True,
+                            preexec_fn=in_node)
     pgid = proc.pid
     while True:
         if received:

@@ -1,0 +1,317 @@
+"""MPI on multi-instance tasks: what each launcher reads so that a bare `mpirun -n N prog` spreads
+its ranks over every node of the task. Pure functions: they build strings and dicts, nothing
+here touches the file system, the network or the environment of this process.
+
+How a multi-instance task runs an MPI program
+---------------------------------------------
+Azure Batch runs the coordination command on every node of the task, then the application
+command on the primary node only, with AZ_BATCH_HOST_LIST ("ip1,ip2,...", primary first),
+AZ_BATCH_MASTER_NODE ("ip:port"), AZ_BATCH_TASK_SHARED_DIR and passwordless ssh between the
+nodes. The application command is therefore::
+
+    /bin/sh -c '<hostfile_script(...)><the rule's shell command>'
+
+with `application_environment(...)` in the task's environment settings. `hostfile_script`
+writes a hostfile from AZ_BATCH_HOST_LIST at run time (one line per node, `slots_per_node`
+slots each) and exports the variable(s) that point the launcher at it; the launcher then
+starts its per-node daemon on every host over ssh. Nothing is needed on the command line.
+
+The exact environment, per flavour (H = the hostfile path, K = slots per node)
+------------------------------------------------------------------------------
+openmpi (Open MPI 5.x through PRRTE; the 4.x names are set too, each version ignores the
+other's, neither warns). Hostfile lines: `<ip> slots=K`.
+    PRTE_MCA_prte_default_hostfile=H      Open MPI 5 (PRRTE) default hostfile; 5.x reads
+                                          neither OMPI_MCA_orte_default_hostfile nor
+                                          OMPI_MCA_prte_default_hostfile (checked on 5.0.11)
+    OMPI_MCA_orte_default_hostfile=H      Open MPI 4.x (ORTE)
+    PRTE_MCA_plm_ssh_agent=ssh            PRRTE's launcher agent (default "ssh : rsh")
+    OMPI_MCA_plm_rsh_agent=ssh            Open MPI 4.x
+    OMPI_ALLOW_RUN_AS_ROOT=1              Batch tasks may run as root (admin elevation)
+    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  fabric=infiniband adds OMPI_MCA_pml=ucx (UCX over the RDMA NIC), OMPI_MCA_btl=^openib;
+  fabric=tcp adds nothing (Open MPI's default picks the TCP BTL over eth0 and skips lo).
+hpcx (NVIDIA HPC-X, an Open MPI 4.x/5.x build with UCX and HCOLL): as openmpi;
+  fabric=infiniband also adds OMPI_MCA_coll_hcoll_enable=1.
+mpich (MPICH's Hydra: mpirun = mpiexec = mpiexec.hydra). Hostfile lines: `<ip>:K`.
+    HYDRA_HOST_FILE=H                     Hydra's default host file
+    HYDRA_LAUNCHER=ssh                    start hydra_pmi_proxy on each host over ssh
+  fabric adds nothing (the build's netmod, UCX or libfabric, picks the NIC).
+intelmpi (Intel MPI's Hydra). Hostfile lines: `<ip>:K`.
+    I_MPI_HYDRA_HOST_FILE=H
+    I_MPI_HYDRA_BOOTSTRAP=ssh
+    I_MPI_FABRICS=shm:ofi
+    FI_PROVIDER=mlx                       fabric=infiniband (Intel MPI 2019 U5+ on Mellanox)
+    FI_PROVIDER=tcp                       fabric=tcp
+  (FI_PROVIDER=verbs is the older choice for InfiniBand; pass `provider=` to override.)
+
+Everything an emulated node needs besides (loopback interfaces, no CPU binding) is node
+configuration and lives in `snakemake_executor_saje.emulator.ssh_shim.
+emulated_node_mpi_environment`, never here.
+
+Launchers
+---------
+`detect_flavor(mpi_command)` reads the launcher named in a rule's `resources: mpi=...`
+(the Slurm plugin's convention): `prterun`, `prun`, `orterun`, `oshrun`, paths with
+"openmpi" -> openmpi; paths with "hpcx" -> hpcx; `mpiexec.hydra`, paths with "mpich" ->
+mpich (Intel MPI's Hydra reads the deprecated HYDRA_* names too); paths with "intel",
+"oneapi" or "impi" -> intelmpi; bare `mpirun`/`mpiexec` -> None (ambiguous: the caller
+needs an explicit flavour). `check_mpi_command` rejects launchers of other resource
+managers (`srun`, `aprun`, `jsrun`, `ibrun`, `flux`) with an actionable message.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from enum import Enum
+
+__all__ = [
+    "DEFAULT_HOSTFILE",
+    "Fabric",
+    "MpiCommandError",
+    "MpiFlavor",
+    "application_environment",
+    "check_mpi_command",
+    "coordination_command",
+    "detect_flavor",
+    "hostfile_environment",
+    "hostfile_line",
+    "hostfile_script",
+]
+
+# A shell word, expanded inside double quotes on the primary node.
+DEFAULT_HOSTFILE = "$AZ_BATCH_TASK_SHARED_DIR/saje_mpi_hostfile"
+
+
+class MpiFlavor(str, Enum):
+    OPENMPI = "openmpi"
+    MPICH = "mpich"
+    INTELMPI = "intelmpi"
+    HPCX = "hpcx"  # Open MPI-based
+
+    @property
+    def openmpi_based(self) -> bool:
+        return self in (MpiFlavor.OPENMPI, MpiFlavor.HPCX)
+
+    @property
+    def hydra_based(self) -> bool:
+        return self in (MpiFlavor.MPICH, MpiFlavor.INTELMPI)
+
+
+class Fabric(str, Enum):
+    TCP = "tcp"
+    INFINIBAND = "infiniband"
+
+
+class MpiCommandError(ValueError):
+    """The rule's MPI launcher cannot work on Azure Batch."""
+
+
+_FOREIGN_LAUNCHERS = {
+    "srun": "Slurm",
+    "aprun": "Cray ALPS",
+    "jsrun": "IBM LSF/JSM",
+    "ibrun": "TACC",
+    "flux": "Flux",
+    "qrsh": "Grid Engine",
+}
+
+
+def _launcher_words(mpi_command: str) -> list[str]:
+    try:
+        words = shlex.split(mpi_command)
+    except ValueError:
+        words = mpi_command.split()
+    # skip leading VAR=value assignments and `env`
+    while words and (re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]) or words[0] == "env"):
+        words = words[1:]
+    return words
+
+
+def check_mpi_command(mpi_command: str) -> None:
+    """Raise MpiCommandError for launchers that need another resource manager."""
+    words = _launcher_words(mpi_command)
+    if not words:
+        raise MpiCommandError("empty MPI launcher: set resources: mpi='mpirun' (or mpiexec)")
+    name = words[0].rsplit("/", 1)[-1]
+    if name in _FOREIGN_LAUNCHERS:
+        raise MpiCommandError(
+            f"MPI launcher {name!r} belongs to {_FOREIGN_LAUNCHERS[name]}, which Azure Batch "
+            "does not run; use resources: mpi='mpirun' (or 'mpiexec') - SAJE points it at "
+            "every node of the multi-instance task"
+        )
+
+
+def detect_flavor(mpi_command: str) -> MpiFlavor | None:
+    """The MPI flavour a launcher command names, or None when it cannot be told."""
+    words = _launcher_words(mpi_command)
+    if not words:
+        return None
+    path = words[0].lower()
+    name = path.rsplit("/", 1)[-1]
+    if name in _FOREIGN_LAUNCHERS:
+        return None
+    if "hpcx" in path or "hpc-x" in path:
+        return MpiFlavor.HPCX
+    if "openmpi" in path or "open-mpi" in path or name in ("prterun", "prun", "orterun", "oshrun"):
+        return MpiFlavor.OPENMPI
+    if "intel" in path or "oneapi" in path or "/impi" in path:
+        return MpiFlavor.INTELMPI
+    if "mpich" in path or name in ("mpiexec.hydra", "hydra"):
+        return MpiFlavor.MPICH
+    return None
+
+
+def _check_slots(slots_per_node: int) -> None:
+    if not isinstance(slots_per_node, int) or isinstance(slots_per_node, bool) or slots_per_node < 1:
+        raise ValueError(f"slots_per_node must be a positive int, not {slots_per_node!r}")
+
+
+def hostfile_line(flavor: MpiFlavor, host: str, slots_per_node: int) -> str:
+    """One hostfile line in the flavour's syntax (no newline)."""
+    _check_slots(slots_per_node)
+    if flavor.openmpi_based:
+        return f"{host} slots={slots_per_node}"
+    return f"{host}:{slots_per_node}"
+
+
+def hostfile_environment(flavor: MpiFlavor, path: str) -> dict[str, str]:
+    """The variables that point the flavour's launcher at a hostfile."""
+    if flavor.openmpi_based:
+        return {"PRTE_MCA_prte_default_hostfile": path, "OMPI_MCA_orte_default_hostfile": path}
+    if flavor is MpiFlavor.MPICH:
+        return {"HYDRA_HOST_FILE": path}
+    return {"I_MPI_HYDRA_HOST_FILE": path}
+
+
+def application_environment(
+    flavor: MpiFlavor,
+    hosts: Sequence[str] | int,
+    slots_per_node: int,
+    *,
+    fabric: Fabric = Fabric.TCP,
+    provider: str | None = None,
+    hostfile: str | None = None,
+) -> dict[str, str]:
+    """The environment of the application command for `flavor`.
+
+    `hosts` is the node list when it is known, or only the node count (at mapping time
+    Batch has not chosen the nodes yet); it gives SAJE_MPI_NODES and SAJE_MPI_NP (= nodes *
+    slots_per_node, handy as `mpirun -n $SAJE_MPI_NP`). The hostfile itself is written at
+    run time by `hostfile_script`, which exports its path; pass `hostfile` (an absolute
+    path, no shell expansion) only to put the path variables here as well.
+    """
+    flavor = MpiFlavor(flavor)
+    fabric = Fabric(fabric)
+    _check_slots(slots_per_node)
+    nodes = hosts if isinstance(hosts, int) else len(hosts)
+    if isinstance(hosts, int):
+        if nodes < 1:
+            raise ValueError(f"an MPI task needs at least one node, not {nodes}")
+    else:
+        if not hosts:
+            raise ValueError("an MPI task needs at least one node")
+        bad = [h for h in hosts if not h or "," in h or h.strip() != h]
+        if bad or len(set(hosts)) != len(hosts):
+            raise ValueError(f"bad host list {list(hosts)!r}")
+    env: dict[str, str] = {
+        "SAJE_MPI_FLAVOR": flavor.value,
+        "SAJE_MPI_NODES": str(nodes),
+        "SAJE_MPI_SLOTS_PER_NODE": str(slots_per_node),
+        "SAJE_MPI_NP": str(nodes * slots_per_node),
+    }
+    if flavor.openmpi_based:
+        env.update({
+            "PRTE_MCA_plm_ssh_agent": "ssh",
+            "OMPI_MCA_plm_rsh_agent": "ssh",
+            "OMPI_ALLOW_RUN_AS_ROOT": "1",
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        })
+        if fabric is Fabric.INFINIBAND:
+            env["OMPI_MCA_pml"] = "ucx"
+            env["OMPI_MCA_btl"] = "^openib"
+            if flavor is MpiFlavor.HPCX:
+                env["OMPI_MCA_coll_hcoll_enable"] = "1"
+    elif flavor is MpiFlavor.MPICH:
+        env["HYDRA_LAUNCHER"] = "ssh"
+    else:  # Intel MPI
+        env.update({
+            "I_MPI_HYDRA_BOOTSTRAP": "ssh",
+            "I_MPI_FABRICS": "shm:ofi",
+            "FI_PROVIDER": provider or ("mlx" if fabric is Fabric.INFINIBAND else "tcp"),
+        })
+    if provider and flavor is not MpiFlavor.INTELMPI:
+        env["FI_PROVIDER"] = provider
+    if hostfile is not None:
+        if not hostfile.startswith("/") or "$" in hostfile:
+            raise ValueError(f"hostfile must be an absolute literal path, not {hostfile!r}")
+        env.update(hostfile_environment(flavor, hostfile))
+    return env
+
+
+_UNSAFE_IN_DQUOTES = re.compile(r'["`\\\n]')
+
+
+def hostfile_script(flavor: MpiFlavor, slots_per_node: int, path: str = DEFAULT_HOSTFILE) -> str:
+    """A POSIX sh snippet to put before the application command.
+
+    It writes `path` from AZ_BATCH_HOST_LIST (one line per node, the flavour's syntax,
+    `slots_per_node` slots each) and exports `hostfile_environment(flavor, path)`. `path`
+    is placed inside double quotes, so it may use variables ($AZ_BATCH_TASK_SHARED_DIR).
+    It stops the command (exit 1) when AZ_BATCH_HOST_LIST is empty: not a multi-instance
+    task. The snippet ends with a newline; its variables are prefixed saje_.
+    """
+    flavor = MpiFlavor(flavor)
+    _check_slots(slots_per_node)
+    if not path or _UNSAFE_IN_DQUOTES.search(path):
+        raise ValueError(f"hostfile path {path!r} must be non-empty, without quotes, "
+                         "backquotes, backslashes or newlines")
+    line_fmt = "%s slots=" if flavor.openmpi_based else "%s:"
+    line_fmt += f"{slots_per_node}\\n"
+    exports = "".join(
+        f'export {name}="$saje_hostfile"\n' for name in hostfile_environment(flavor, "")
+    )
+    return (
+        'if [ -z "${AZ_BATCH_HOST_LIST:-}" ]; then '
+        'echo "saje: AZ_BATCH_HOST_LIST is empty: MPI needs a multi-instance task" >&2; '
+        "exit 1; fi\n"
+        f'saje_hostfile="{path}"\n'
+        'mkdir -p "$(dirname "$saje_hostfile")" || exit 1\n'
+        ': > "$saje_hostfile" || exit 1\n'
+        'saje_ifs=$IFS; IFS=,\n'
+        'for saje_host in $AZ_BATCH_HOST_LIST; do '
+        f'[ -n "$saje_host" ] && printf \'{line_fmt}\' "$saje_host" >> "$saje_hostfile"; '
+        "done\n"
+        'IFS=$saje_ifs; unset saje_ifs saje_host\n'
+        f"{exports}"
+    )
+
+
+def coordination_command(
+    flavor: MpiFlavor | None = None,
+    *,
+    shell: str = "/bin/sh",
+) -> str:
+    """The coordination command run on every node before the application command.
+
+    It only reports the node and, when the flavour is known, warns (without failing) when
+    the flavour's per-node daemon is not on PATH: the launcher starts it on this node over
+    ssh, so a missing daemon shows here first, per node, instead of as a launch timeout.
+    """
+    daemons = {
+        MpiFlavor.OPENMPI: "prted orted",
+        MpiFlavor.HPCX: "prted orted",
+        MpiFlavor.MPICH: "hydra_pmi_proxy",
+        MpiFlavor.INTELMPI: "hydra_pmi_proxy",
+    }
+    script = 'echo "saje: node ${AZ_BATCH_NODE_ID:-?} ready for MPI (hosts ${AZ_BATCH_HOST_LIST:-?})"'
+    if flavor is not None:
+        names = daemons[MpiFlavor(flavor)]
+        script += (
+            f"; saje_found=; for saje_d in {names}; do "
+            'command -v "$saje_d" >/dev/null 2>&1 && saje_found=$saje_d; done; '
+            '[ -n "$saje_found" ] || '
+            f'echo "saje: warning: none of {names} on PATH on node ${{AZ_BATCH_NODE_ID:-?}}; '
+            f'the {MpiFlavor(flavor).value} launcher starts it here over ssh" >&2; true'
+        )
+    return f"{shell} -c {shlex.quote(script)}"
