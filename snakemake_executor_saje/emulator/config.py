@@ -25,6 +25,8 @@ class EmulatorConfig:
     persist: bool = True  # SQLite under data_dir; False keeps state in memory only
     # Seconds a node spends in 'creating' and in 'starting' before it can run its start task.
     node_boot_seconds: float = 1.0
+    # Seconds a deleted pool stays visible in state 'deleting' (real deletions take minutes).
+    pool_delete_seconds: float = 2.0
     # Real Batch refuses an autoScaleEvaluationInterval under 5 minutes; tests lower this floor.
     autoscale_min_interval: timedelta = timedelta(minutes=5)
     # How often the pool metrics ($PendingTasks, ...) are sampled for autoscale formulas.

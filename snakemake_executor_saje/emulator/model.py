@@ -61,6 +61,7 @@ class Pool:
     resize_started: float = 0.0
     samples: dict[str, list] = field(default_factory=dict)  # metric -> [autoscale.Sample]
     last_sample: float = 0.0
+    deleting_since: float = 0.0  # monotonic time the delete was accepted (0 after a restart)
 
     @property
     def id(self) -> str:

@@ -75,6 +75,8 @@ class Scheduler:
         for node in list(pool.nodes.values()):
             if not node.running:
                 self._remove_node(pool, node)
+        if pool.deleting_since and time.monotonic() - pool.deleting_since < self.config.pool_delete_seconds:
+            return  # still 'deleting': a new pool with this id is refused with PoolBeingDeleted meanwhile
         if not pool.nodes:
             self.state.pools.pop(pool.id, None)
             self.state.store.delete("pool", pool.id)

@@ -45,12 +45,12 @@ def _set_state(rest: dict[str, Any], state: str, *, key: str = "state") -> None:
     if rest.get(key) == state:
         return
     now = iso_now()
-    prefix = "" if key == "state" else key.replace("State", "")
     if key == "state" and key in rest:
         rest["previousState"] = rest["state"]
         rest["previousStateTransitionTime"] = rest.get("stateTransitionTime")
     rest[key] = state
-    rest[f"{prefix}stateTransitionTime" if prefix else "stateTransitionTime"] = now
+    # state -> stateTransitionTime, allocationState -> allocationStateTransitionTime
+    rest[f"{key}TransitionTime"] = now
     _touch(rest)
 
 
@@ -211,7 +211,7 @@ class BatchState:
             rest.update({
                 "url": self.url("pools", pool_id), "creationTime": now, "state": "active", "stateTransitionTime": now,
                 "allocationState": "steady", "allocationStateTransitionTime": now,
-                "vmSize": size.name, "taskSlotsPerNode": slots,
+                "vmSize": size.name.lower(), "taskSlotsPerNode": slots,  # the service lower-cases it (PoolGet_Basic example)
                 "currentDedicatedNodes": 0, "currentLowPriorityNodes": 0,
                 "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication", False)),
                 "enableAutoScale": bool(body.get("enableAutoScale", False)),
@@ -335,7 +335,10 @@ class BatchState:
             pool = self.pool(pool_id)
             if pool.rest["state"] == "deleting":
                 return
+            import time
+
             _set_state(pool.rest, "deleting")
+            pool.deleting_since = time.monotonic()
             self.save_pool(pool)
             for node in pool.nodes.values():
                 self.evict_node(node, "requeue")
@@ -387,8 +390,16 @@ class BatchState:
             pool = self.pool(pool_id)
             self._refuse_if_deleting(pool)
             if pool.rest["allocationState"] == "resizing":
+                # Nodes still draining (taskcompletion/retaineddata) stay: no further changes are made.
+                for node in pool.nodes.values():
+                    if node.removing in ("taskcompletion", "retaineddata") and node.state not in ("leavingpool", "preempted"):
+                        node.removing = None
+                        self.save_node(node)
                 dedicated, low = self._node_counts(pool)
                 pool.rest["targetDedicatedNodes"], pool.rest["targetLowPriorityNodes"] = dedicated, low
+                pool.rest["currentDedicatedNodes"], pool.rest["currentLowPriorityNodes"] = dedicated, low
+                # PoolResizeErrorCodes.ResizeStopped: "The user stopped the resize operation."
+                pool.rest["resizeErrors"] = [{"code": "ResizeStopped", "message": "The user stopped the resize operation."}]
                 _set_state(pool.rest, "steady", key="allocationState")
                 self.save_pool(pool)
 
