@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import ssl
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up (or a dropped-connection fault) is routine, not a traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            log.debug("connection from %s closed early", client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 class Frontend:

@@ -1,0 +1,180 @@
+"""The one I/O edge to the Batch service: bulk create, one filtered list per poll, logs, cleanup.
+
+Everything here is a thin call on `azure.batch.BatchClient`; retries (429/503 with Retry-After,
+dropped connections) are the SDK's own retry policy. Task creation is idempotent: a retried
+chunk whose tasks already exist counts them as created (TaskExists), so no duplicate task runs.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from azure.batch import BatchClient, models
+from azure.batch.models import CreateTasksError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+
+log = logging.getLogger(__name__)
+
+# What a poll needs of a task; keeping the list short keeps each poll cheap at 10,000 tasks.
+POLL_FIELDS = ["id", "state", "stateTransitionTime", "executionInfo", "nodeInfo"]
+CREATE_CONCURRENCY = 4
+
+
+class BatchSubmitError(Exception):
+    """Tasks Batch refused; the message names them with the Batch error codes."""
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    task_id: str
+    succeeded: bool
+    exit_code: int | None
+    failure_code: str | None
+    failure_message: str | None
+    node_id: str | None
+    pool_id: str | None
+
+
+def outcome_of(task: models.BatchTask) -> TaskOutcome:
+    info = task.execution_info
+    failure = info.failure_info if info else None
+    node = task.node_info
+    result = str(info.result).lower() if info and info.result else ""
+    return TaskOutcome(
+        task_id=task.id,
+        succeeded=result.endswith("success") and failure is None,
+        exit_code=info.exit_code if info else None,
+        failure_code=failure.code if failure else None,
+        failure_message=failure.message if failure else None,
+        node_id=node.node_id if node else None,
+        pool_id=node.pool_id if node else None,
+    )
+
+
+class BatchGateway:
+    def __init__(self, client: BatchClient):
+        self.client = client
+
+    # ----------------------------------------------------------------- pools
+    def pool_exists(self, pool_id: str) -> bool:
+        # azure-batch 15.1 raises ResourceNotFoundError on the 404 its own pool_exists expects.
+        try:
+            return bool(self.client.pool_exists(pool_id))
+        except ResourceNotFoundError:
+            return False
+
+    def get_pool(self, pool_id: str) -> models.BatchPool:
+        return self.client.get_pool(pool_id)
+
+    def create_pool(self, spec: models.BatchPoolCreateOptions) -> bool:
+        """Create the pool; False when it already exists (a resumed run reuses it)."""
+        try:
+            self.client.create_pool(spec)
+            return True
+        except ResourceExistsError:
+            return False
+
+    def delete_pool(self, pool_id: str, *, wait: bool = False) -> None:
+        try:
+            poller = self.client.begin_delete_pool(pool_id)
+            if wait:
+                poller.result()
+        except ResourceNotFoundError:
+            pass
+
+    def failed_start_tasks(self, pool_id: str) -> list[models.BatchNode]:
+        return list(self.client.list_nodes(pool_id, filter="state eq 'starttaskfailed'",
+                                           select=["id", "state", "startTaskInfo"]))
+
+    # ----------------------------------------------------------------- jobs
+    def ensure_job(self, job_id: str, pool_id: str, *, display_name: str | None = None,
+                   environment: dict[str, str] | None = None) -> None:
+        job = models.BatchJobCreateOptions(
+            id=job_id, display_name=display_name, pool_info=models.BatchPoolInfo(pool_id=pool_id),
+            common_environment_settings=[models.EnvironmentSetting(name=k, value=v) for k, v in sorted((environment or {}).items())] or None,
+        )
+        try:
+            self.client.create_job(job)
+        except ResourceExistsError:
+            pass
+
+    def delete_job(self, job_id: str, *, wait: bool = False) -> None:
+        try:
+            poller = self.client.begin_delete_job(job_id)
+            if wait:
+                poller.result()
+        except ResourceNotFoundError:
+            pass
+
+    def terminate_job(self, job_id: str) -> None:
+        try:
+            self.client.begin_terminate_job(job_id).result()
+        except (ResourceNotFoundError, ResourceExistsError):
+            pass
+        except HttpResponseError as exc:
+            log.warning("terminating Batch job %s failed: %s", job_id, exc.message)
+
+    # ----------------------------------------------------------------- tasks
+    def submit(self, job_id: str, tasks: Sequence[models.BatchTaskCreateOptions]) -> None:
+        """Create tasks in chunks of 100, in parallel; raise naming every task Batch refused."""
+        if not tasks:
+            return
+        try:
+            self.client.create_tasks(job_id, list(tasks), max_concurrency=CREATE_CONCURRENCY)
+        except CreateTasksError as exc:
+            refused = [r for r in exc.failure_tasks if not (r.error and r.error.code == "TaskExists")]
+            if not refused:
+                if not exc.errors:
+                    return
+                raise BatchSubmitError(f"Submitting tasks to Azure Batch failed: {exc.errors[0]}") from None
+            lines = [f"{r.task_id}: {r.error.code if r.error else '?'} "
+                     f"{(r.error.message.value if r.error and r.error.message else '')}".strip() for r in refused]
+            raise BatchSubmitError("Azure Batch refused these tasks:\n  " + "\n  ".join(lines)) from None
+
+    def completed_since(self, job_id: str, since: dt.datetime | None) -> list[models.BatchTask]:
+        """Tasks that completed at or after `since`: one filtered, paged list call per poll."""
+        flt = "state eq 'completed'"
+        if since is not None:
+            flt += f" and stateTransitionTime ge DateTime'{since.astimezone(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}'"
+        return list(self.client.list_tasks(job_id, filter=flt, select=POLL_FIELDS))
+
+    def subtasks(self, job_id: str, task_id: str) -> list[models.BatchSubtask]:
+        return list(self.client.list_subtasks(job_id, task_id))
+
+    def terminate_tasks(self, job_id: str, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            try:
+                self.client.terminate_task(job_id, task_id)
+            except (ResourceNotFoundError, ResourceExistsError):
+                pass
+            except HttpResponseError as exc:
+                log.warning("terminating task %s failed: %s", task_id, exc.message)
+
+    def download_task_file(self, job_id: str, task_id: str, name: str, target: Path) -> bool:
+        try:
+            data = b"".join(self.client.download_task_file(job_id, task_id, name))
+        except (ResourceNotFoundError, ResourceExistsError, HttpResponseError):
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        return True
+
+    def download_node_file(self, pool_id: str, node_id: str, name: str, target: Path) -> bool:
+        try:
+            data = b"".join(self.client.download_node_file(pool_id, node_id, name))
+        except (ResourceNotFoundError, ResourceExistsError, HttpResponseError):
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        return True
+
+
+def describe_http_error(exc: HttpResponseError) -> str:
+    """'<code>: <message>' from a Batch error, for messages that tell users what happened."""
+    error: Any = getattr(exc, "error", None)
+    code = getattr(error, "code", None) or getattr(exc, "status_code", "")
+    message = getattr(exc, "message", "") or str(exc)
+    return f"{code}: {message.splitlines()[0] if message else ''}"

@@ -1,0 +1,367 @@
+"""The Snakemake executor: bulk submission, one status list per poll, logs on failure, cleanup.
+
+A run owns one Batch job per pool class (a Batch job is bound to one pool; most runs have one)
+and the pools it created. Whatever way the run ends (success, failure, Ctrl-C, an error during
+set-up) `shutdown` deletes those jobs and pools unless --saje-keep-pool, so nothing keeps costing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncGenerator, List
+
+from azure.batch import BatchClient
+from azure.core.exceptions import HttpResponseError
+from snakemake_interface_common.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
+from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
+from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
+
+from . import credentials, mapping, mpi, pools
+from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of
+from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
+from .staging import Staging
+
+LOG_DIR = Path(".snakemake") / "saje_logs"
+POOL_CHECK_SECONDS = 20.0
+
+
+@dataclass
+class PoolUse:
+    """A pool class in use by this run: its pool, its Batch job, whether we made the pool."""
+
+    pool_class: pools.PoolClass
+    pool_id: str
+    job_id: str
+    shape: mapping.PoolShape
+    created: bool = False
+    reported: set[str] = field(default_factory=set)
+
+
+class Executor(RemoteExecutor):
+    def __post_init__(self) -> None:
+        self.settings = self.workflow.executor_settings
+        try:
+            endpoint = credentials.resolve_batch_account_url(self.settings)
+            credential = credentials.resolve_batch_credential(self.settings)
+        except credentials.CredentialsError as exc:
+            raise WorkflowError(f"SAJE cannot reach Azure Batch: {exc}") from None
+        self.batch = BatchGateway(BatchClient(endpoint, credential))
+        self.emulated = _is_loopback(endpoint)
+        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.uses: dict[str, PoolUse] = {}
+        self.staging: Staging | None = None
+        self.source_files: list = []
+        self.last_poll: dt.datetime | None = None
+        self.last_pool_check = 0.0
+        self.uses_default_storage = bool(self.workflow.storage_settings.default_storage_provider)
+        self.next_seconds_between_status_checks = float(self.settings.poll_interval)
+
+    # ----------------------------------------------------------------- submission
+    def run_job(self, job: JobExecutorInterface) -> None:
+        self.run_jobs([job])
+
+    def run_jobs(self, jobs: List[JobExecutorInterface]) -> None:
+        """Map every ready job, then create all their tasks with create_tasks (100 per request)."""
+        by_use: dict[str, list] = {}
+        try:
+            for job in jobs:
+                use, request, info = self._prepare(job)
+                by_use.setdefault(use.job_id, []).append((request, info))
+            for job_id, items in by_use.items():
+                self.batch.submit(job_id, [request for request, _ in items])
+        except (mapping.JobMappingError, pools.PoolSpecError, BatchSubmitError, mpi.MpiCommandError) as exc:
+            raise WorkflowError(str(exc)) from None
+        except HttpResponseError as exc:
+            raise WorkflowError(f"Azure Batch refused the submission: {describe_http_error(exc)}") from None
+        for items in by_use.values():
+            for _, info in items:
+                self.report_job_submission(info)
+
+    def _prepare(self, job: JobExecutorInterface):
+        preemptible = bool(getattr(job, "is_preemptible", lambda: False)()) if callable(getattr(job, "is_preemptible", None)) else False
+        spec = mapping.job_spec_from_job(job, self.format_job_exec(job), preemptible=preemptible or _rule_preemptible(self.workflow, job))
+        use = self._pool_for(spec)
+        task_key = mapping.task_id(spec.rule, spec.jobid, spec.attempt)
+        plan = mapping.plan_mpi(spec, use.shape, self.settings.mpi_flavor) if mapping.is_mpi(spec) else None
+        environment = dict(self.workflow.spawned_job_args_factory.envvars())
+        resource_files, output_files = [], []
+        command = spec.command
+        if self.staging is not None:
+            resource_files.extend(self.source_files)
+            if not self.uses_default_storage:
+                resource_files.extend(self.staging.stage_inputs(_local_paths(job.input)))
+                output_files = self.staging.output_files(task_key, _output_paths(job))
+            command = f"tar -xJf {Path(self.source_files[0].file_path).name} && {command}" if self.source_files else command
+        if self.settings.snakemake_install == "pip":
+            command = f". \"{pools.NODE_VENV}/bin/activate\" && {command}"
+        coordination = None
+        if plan is not None:
+            flavor = _mpi_flavor(plan.flavor, str(spec.resources.get("mpi", "")))
+            environment.update(mpi.application_environment(flavor, plan.nodes, plan.tasks_per_node))
+            command = mpi.hostfile_script(flavor, plan.tasks_per_node) + command
+            coordination = mpi.coordination_command(flavor)
+        spec = mapping.JobSpec(**{**spec.__dict__, "command": command})
+        options = mapping.TaskOptions(
+            max_task_retries=self._retries(spec),
+            max_wall_clock_minutes=self.settings.max_wall_clock,
+            environment=environment,
+            resource_files=resource_files,
+            output_files=output_files,
+            container_image=use.pool_class.container_image,
+            coordination_command=coordination,
+            default_mpi_flavor=self.settings.mpi_flavor,
+        )
+        request = mapping.task_request(spec, use.shape, options, plan)
+        info = SubmittedJobInfo(job, external_jobid=request.id, aux={"batch_job": use.job_id, "pool": use.pool_id})
+        return use, request, info
+
+    def _retries(self, spec: mapping.JobSpec) -> int:
+        retries = int(self.settings.task_retries)
+        if spec.preemptible:
+            retries = max(retries, int(getattr(self.workflow.remote_execution_settings, "preemptible_retries", 0) or 0))
+        return retries
+
+    # ----------------------------------------------------------------- pools and jobs
+    def _pool_for(self, spec: mapping.JobSpec) -> PoolUse:
+        pool_class = pools.pool_class_for(spec, self.settings)
+        key = pool_class.key
+        use = self.uses.get(key)
+        if use is not None:
+            return use
+        self._ensure_staging()
+        pool_id = pools.pool_id_for(pool_class, self.run_id)
+        if pool_class.existing_pool_id:
+            if not self.batch.pool_exists(pool_id):
+                raise pools.PoolSpecError(
+                    f"Pool {pool_id!r} (from --saje-pool-id or resources: saje_pool) does not exist in the Batch account; "
+                    "create it (saje pool create) or leave the setting out so SAJE creates one for the run."
+                )
+            shape = _shape_of_existing(self.batch.get_pool(pool_id), pool_class)
+            created = False
+        else:
+            shape = pools.pool_shape(pool_class, self.settings, pool_id)
+            _check_fits(spec, shape)
+            version = self.settings.snakemake_version or _snakemake_version()
+            spec_request = pools.pool_spec(
+                pool_class, self.settings, self.run_id, snakemake_version=version,
+                instances_per_task=max(1, int(spec.resources.get("nodes") or 1)),
+                min_autoscale_interval=0.0 if self.emulated else AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES,
+            )
+            try:
+                created = self.batch.create_pool(spec_request)
+            except HttpResponseError as exc:
+                raise pools.PoolSpecError(f"Azure Batch refused pool {pool_id}: {describe_http_error(exc)}") from None
+            self.logger.info(f"SAJE: pool {pool_id} ({pool_class.vm_size}{', MPI' if pool_class.mpi else ''}) created for this run.")
+        job_id = f"{pool_id}-job"[:64] if created or not pool_class.existing_pool_id else f"saje-{self.run_id}-{key}"
+        use = PoolUse(pool_class, pool_id, job_id, shape, created)
+        self.uses[key] = use
+        self.batch.ensure_job(job_id, pool_id, display_name=f"snakemake run {self.run_id}")
+        return use
+
+    def _ensure_staging(self) -> None:
+        if self.staging is not None:
+            return
+        self.staging = Staging.connect(self.run_id, account_url=self.settings.storage_account_url)
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "snakemake-workflow-sources.tar.xz"
+            self.workflow.write_source_archive(archive)
+            self.source_files = [self.staging.upload_sources(archive)]
+
+    # ----------------------------------------------------------------- status
+    async def check_active_jobs(self, active_jobs: List[SubmittedJobInfo]) -> AsyncGenerator[SubmittedJobInfo, None]:
+        """One list call per Batch job per poll (one job in the usual run), however many tasks."""
+        poll_started = dt.datetime.now(dt.timezone.utc)
+        completed: dict[str, object] = {}
+        async with self.status_rate_limiter:
+            for job_id in {j.aux["batch_job"] for j in active_jobs}:
+                try:
+                    since = self.last_poll - dt.timedelta(seconds=30) if self.last_poll else None
+                    for task in self.batch.completed_since(job_id, since):
+                        completed[task.id] = task
+                except HttpResponseError as exc:
+                    self.logger.warning(f"SAJE: status query failed ({describe_http_error(exc)}); retrying next poll.")
+                    for info in active_jobs:
+                        yield info
+                    return
+        self.last_poll = poll_started
+        self._check_pools()
+        for info in active_jobs:
+            task = completed.get(info.external_jobid)
+            if task is None:
+                yield info
+                continue
+            self._finish(info, outcome_of(task))
+
+    def _finish(self, info: SubmittedJobInfo, outcome) -> None:
+        if outcome.succeeded:
+            missing = []
+            if self.staging is not None and not self.uses_default_storage:
+                missing = self.staging.download_outputs(info.external_jobid, _output_paths(info.job))
+            if missing:
+                self.report_job_error(info, msg=f"SAJE: task {info.external_jobid} succeeded but these outputs never reached "
+                                                f"blob storage: {', '.join(missing)}")
+                return
+            self.report_job_success(info)
+            return
+        logs = self._fetch_logs(info, outcome)
+        where = f" on node {outcome.node_id}" if outcome.node_id else ""
+        detail = f"Batch failure {outcome.failure_code}: {outcome.failure_message}" if outcome.failure_code else "no Batch failure info"
+        stderr_tail = _tail(logs[1]) if len(logs) > 1 else ""
+        msg = (f"SAJE: rule {info.job.name} (task {info.external_jobid}, Batch job {info.aux['batch_job']}){where} failed "
+               f"with exit code {outcome.exit_code}; {detail}." + (f"\nstderr (last lines):\n{stderr_tail}" if stderr_tail else ""))
+        self.report_job_error(info, msg=msg, aux_logs=[str(p) for p in logs])
+
+    def _fetch_logs(self, info: SubmittedJobInfo, outcome) -> list[Path]:
+        """stdout.txt/stderr.txt of the task (and of failed MPI subtasks) under .snakemake/saje_logs/."""
+        target = LOG_DIR / info.aux["batch_job"] / info.external_jobid
+        logs = []
+        for name in ("stdout.txt", "stderr.txt"):
+            if self.batch.download_task_file(info.aux["batch_job"], info.external_jobid, name, target / name):
+                logs.append(target / name)
+        if mapping.is_mpi(mapping.job_spec_from_job(info.job, "")):
+            try:
+                for sub in self.batch.subtasks(info.aux["batch_job"], info.external_jobid):
+                    if sub.exit_code not in (0, None) and sub.node_info is not None:
+                        base = f"workitems/{info.aux['batch_job']}/job-1/{info.external_jobid}"
+                        for name in ("stdout.txt", "stderr.txt"):
+                            path = target / f"subtask-{sub.id}-{name}"
+                            if self.batch.download_node_file(sub.node_info.pool_id, sub.node_info.node_id, f"{base}/{name}", path):
+                                logs.append(path)
+            except HttpResponseError:
+                pass
+        return logs
+
+    def _check_pools(self) -> None:
+        """Report each pool's resize errors and start-task failures once, with their Batch codes."""
+        if time.monotonic() - self.last_pool_check < POOL_CHECK_SECONDS:
+            return
+        self.last_pool_check = time.monotonic()
+        for use in self.uses.values():
+            try:
+                pool = self.batch.get_pool(use.pool_id)
+                for error in pool.resize_errors or []:
+                    if error.code not in use.reported:
+                        use.reported.add(error.code)
+                        self.logger.error(f"SAJE: pool {use.pool_id} cannot grow: {error.code}: {error.message}")
+                for node in self.batch.failed_start_tasks(use.pool_id):
+                    failure = node.start_task_info.failure_info if node.start_task_info else None
+                    key = f"start:{node.id}"
+                    if key not in use.reported:
+                        use.reported.add(key)
+                        code = failure.code if failure else "FailureExitCode"
+                        self.logger.error(f"SAJE: the start task failed on node {node.id} of pool {use.pool_id} ({code}); "
+                                          f"its logs: saje job logs --pool {use.pool_id} --node {node.id}")
+            except HttpResponseError:
+                continue
+
+    # ----------------------------------------------------------------- cancel and cleanup
+    def cancel_jobs(self, active_jobs: List[SubmittedJobInfo]) -> None:
+        by_job: dict[str, list[str]] = {}
+        for info in active_jobs:
+            by_job.setdefault(info.aux["batch_job"], []).append(info.external_jobid)
+        for job_id, task_ids in by_job.items():
+            self.batch.terminate_tasks(job_id, task_ids)
+            self.batch.terminate_job(job_id)
+
+    def shutdown(self) -> None:
+        try:
+            super().shutdown()
+        finally:
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        """Delete the run's Batch jobs, the pools it created (unless keep-pool) and staged blobs."""
+        for use in self.uses.values():
+            self.batch.delete_job(use.job_id)
+            if use.created and not self.settings.keep_pool:
+                self.batch.delete_pool(use.pool_id)
+                self.logger.info(f"SAJE: pool {use.pool_id} deleted.")
+            elif use.created:
+                self.logger.info(f"SAJE: pool {use.pool_id} kept (--saje-keep-pool); delete it with: saje pool delete {use.pool_id}")
+        self.uses.clear()
+        if self.staging is not None:
+            try:
+                self.staging.delete()
+            except Exception as exc:  # cleanup must not mask the run's own outcome
+                self.logger.warning(f"SAJE: could not delete staging container {self.staging.container}: {exc}")
+            self.staging = None
+
+
+# --------------------------------------------------------------------- helpers
+def _mpi_flavor(setting: str, launcher: str) -> mpi.MpiFlavor:
+    """The flavour from the setting, else from the rule's launcher, else Open MPI (HPC images' default)."""
+    if setting and setting != "auto":
+        return mpi.MpiFlavor(setting)
+    mpi.check_mpi_command(launcher)
+    return mpi.detect_flavor(launcher) or mpi.MpiFlavor.OPENMPI
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = re.sub(r"^\w+://", "", endpoint).split("/")[0].rsplit(":", 1)[0]
+    return host in ("localhost", "[::1]") or host.startswith("127.")
+
+
+def _snakemake_version() -> str:
+    from snakemake import __version__
+
+    return __version__
+
+
+def _rule_preemptible(workflow, job) -> bool:
+    settings = getattr(workflow, "remote_execution_settings", None)
+    rules = getattr(settings, "preemptible_rules", None)
+    if rules is None:
+        return False
+    try:
+        return bool(rules.is_preemptible(job.rule.name)) if not job.is_group() else False
+    except AttributeError:
+        return False
+
+
+def _local_paths(files) -> list[str]:
+    return [str(f) for f in files if os.path.exists(str(f))]
+
+
+def _output_paths(job: JobExecutorInterface) -> list[str]:
+    """Outputs, logs and benchmarks of a job, directories with a trailing '/'."""
+    paths = []
+    for group in (job.output, job.log, getattr(job, "benchmark", None) and [job.benchmark] or []):
+        for f in group or []:
+            name = str(f)
+            is_dir = bool(getattr(f, "is_directory", False))
+            paths.append(name.rstrip("/") + "/" if is_dir else name)
+    return paths
+
+
+def _check_fits(spec: mapping.JobSpec, shape: mapping.PoolShape) -> None:
+    if mapping.is_mpi(spec):
+        mapping.plan_mpi(spec, shape)
+    else:
+        mapping.required_slots(spec, shape)
+
+
+def _shape_of_existing(pool, pool_class: pools.PoolClass) -> mapping.PoolShape:
+    from . import catalogue
+
+    size = catalogue.vm_size(pool.vm_size or "")
+    return mapping.PoolShape(
+        pool_id=pool.id, vm_size=pool.vm_size or "?", vcpus=size.vcpus if size else int(pool.task_slots_per_node or 1),
+        slots_per_node=int(pool.task_slots_per_node or 1),
+        max_nodes=100 if pool.enable_inter_node_communication else 1000,
+        memory_gib=size.memory_gib if size else None, gpus=size.gpus if size else 0,
+        mpi=bool(pool.enable_inter_node_communication),
+    )
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

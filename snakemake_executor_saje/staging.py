@@ -1,0 +1,228 @@
+"""Workflow sources and local files to and from blob storage, for runs without default storage.
+
+Each run gets its own container (`saje-<run id>`): the source archive and input files go up once,
+tasks get them as Batch resource files through a read-only SAS, and write their outputs back as
+Batch output files through a create/write-only SAS on that container. The executor downloads a
+job's outputs only after its task succeeded, to a temporary name first, so a half-written output
+is never taken as done. SAS tokens are short-lived and never logged.
+
+Credentials: AZURE_STORAGE_CONNECTION_STRING (Azurite, or an account key) signs service SAS;
+otherwise `storage_account_url` with an Entra credential signs user delegation SAS.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import quote
+
+from azure.batch import models
+from azure.storage.blob import (
+    BlobServiceClient,
+    ContainerSasPermissions,
+    generate_container_sas,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCES_BLOB = "sources/snakemake-workflow-sources.tar.xz"
+SAS_LIFETIME = dt.timedelta(hours=12)
+_CONTAINER_CHARS = re.compile(r"[^a-z0-9-]")
+
+
+def container_name_for(run_id: str) -> str:
+    """A valid container name (3-63 chars, lowercase, digits, single hyphens) for a run."""
+    name = _CONTAINER_CHARS.sub("-", f"saje-{run_id}".lower())
+    name = re.sub("-+", "-", name).strip("-")
+    if len(name) > 63:
+        digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
+        name = f"{name[:54].rstrip('-')}-{digest}"
+    return name
+
+
+def output_blob(task_key: str, path: str) -> str:
+    return f"outputs/{task_key}/{path}"
+
+
+def input_blob(path: str) -> str:
+    return f"inputs/{path}"
+
+
+@dataclass
+class Staging:
+    service: BlobServiceClient
+    container: str
+    account_key: str | None = field(default=None, repr=False)
+    _uploaded: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _sas: dict[str, tuple[dt.datetime, str]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def connect(cls, run_id: str, *, account_url: str | None, credential: Any = None) -> "Staging":
+        connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if connection_string:
+            service = BlobServiceClient.from_connection_string(connection_string)
+            key = _key_from_connection_string(connection_string)
+        elif account_url:
+            if credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                credential = DefaultAzureCredential()
+            service = BlobServiceClient(account_url, credential=credential)
+            key = None
+        else:
+            raise StagingError(
+                "No storage for staging: the run has no default storage provider, so SAJE stages files itself and "
+                "needs a blob account. Set --saje-storage-account-url (with az login or a managed identity), or "
+                "AZURE_STORAGE_CONNECTION_STRING, or use --default-storage-provider azure."
+            )
+        staging = cls(service, container_name_for(run_id), key)
+        staging._create_container()
+        return staging
+
+    def _create_container(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self.service.create_container(self.container)
+        except ResourceExistsError:
+            pass
+
+    @property
+    def container_url(self) -> str:
+        return f"{self.service.url.rstrip('/')}/{self.container}"
+
+    # ----------------------------------------------------------------- SAS
+    def _container_sas(self, permission: str) -> str:
+        """A cached container SAS; renewed when less than half its lifetime is left."""
+        now = dt.datetime.now(dt.timezone.utc)
+        with self._lock:
+            cached = self._sas.get(permission)
+            if cached and cached[0] - now > SAS_LIFETIME / 2:
+                return cached[1]
+        expiry = now + SAS_LIFETIME
+        start = now - dt.timedelta(minutes=5)
+        permissions = ContainerSasPermissions.from_string(permission)
+        if self.account_key:
+            token = generate_container_sas(self.service.account_name, self.container, account_key=self.account_key,
+                                           permission=permissions, expiry=expiry, start=start)
+        else:
+            delegation = self.service.get_user_delegation_key(start, expiry)
+            token = generate_container_sas(self.service.account_name, self.container, user_delegation_key=delegation,
+                                           permission=permissions, expiry=expiry, start=start)
+        with self._lock:
+            self._sas[permission] = (expiry, token)
+        return token
+
+    def read_url(self) -> str:
+        """Container URL with a read-only SAS: what resource files download from."""
+        return f"{self.container_url}?{self._container_sas('r')}"
+
+    def write_url(self) -> str:
+        """Container URL with a create/write-only SAS: outputs can be written, not read or listed."""
+        return f"{self.container_url}?{self._container_sas('cw')}"
+
+    # ----------------------------------------------------------------- up
+    def upload_file(self, local: Path, blob: str) -> None:
+        with open(local, "rb") as data:
+            self.service.get_blob_client(self.container, blob).upload_blob(data, overwrite=True)
+
+    def upload_sources(self, archive: Path) -> models.ResourceFile:
+        self.upload_file(archive, SOURCES_BLOB)
+        return self.resource_file(SOURCES_BLOB, Path(SOURCES_BLOB).name)
+
+    def resource_file(self, blob: str, file_path: str) -> models.ResourceFile:
+        url = f"{self.container_url}/{quote(blob)}?{self._container_sas('r')}"
+        return models.ResourceFile(http_url=url, file_path=file_path)
+
+    def stage_inputs(self, paths: Iterable[str]) -> list[models.ResourceFile]:
+        """Upload local input files (once per content change) and return their resource files."""
+        files = []
+        for path in paths:
+            for local in _expand(Path(path)):
+                rel = local.as_posix()
+                stat = local.stat()
+                signature = (stat.st_size, stat.st_mtime_ns)
+                with self._lock:
+                    fresh = self._uploaded.get(rel) == signature
+                if not fresh:
+                    self.upload_file(local, input_blob(rel))
+                    with self._lock:
+                        self._uploaded[rel] = signature
+                files.append(self.resource_file(input_blob(rel), rel))
+        return files
+
+    def output_files(self, task_key: str, paths: Iterable[str]) -> list[models.OutputFile]:
+        """Upload rules for a job's outputs (files, or directories with everything under them)."""
+        destination_url = self.write_url()
+        rules = []
+        for path in paths:
+            pattern, target = (f"{path.rstrip('/')}/**/*", output_blob(task_key, path.rstrip("/"))) \
+                if path.endswith("/") else (path, output_blob(task_key, path))
+            rules.append(models.OutputFile(
+                file_pattern=pattern,
+                destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
+                    container_url=destination_url, path=target)),
+                upload_options=models.OutputFileUploadConfiguration(upload_condition="tasksuccess"),
+            ))
+        return rules
+
+    # ----------------------------------------------------------------- down
+    def download_outputs(self, task_key: str, paths: Iterable[str]) -> list[str]:
+        """Fetch a finished job's outputs to their local paths; returns the ones missing in blob."""
+        container = self.service.get_container_client(self.container)
+        missing = []
+        for path in paths:
+            prefix = output_blob(task_key, path.rstrip("/"))
+            if path.endswith("/"):
+                names = [b.name for b in container.list_blobs(name_starts_with=prefix + "/")]
+                if not names:
+                    missing.append(path)
+                for name in names:
+                    self._download(container, name, Path(path.rstrip("/")) / name[len(prefix) + 1:])
+                continue
+            blob = container.get_blob_client(prefix)
+            if not blob.exists():
+                missing.append(path)
+                continue
+            self._download(container, prefix, Path(path))
+        return missing
+
+    @staticmethod
+    def _download(container, name: str, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.saje-partial")
+        with open(partial, "wb") as out:
+            container.download_blob(name).readinto(out)
+        os.replace(partial, target)
+
+    def delete(self) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.service.delete_container(self.container)
+        except ResourceNotFoundError:
+            pass
+
+
+class StagingError(Exception):
+    pass
+
+
+def _expand(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path]
+
+
+def _key_from_connection_string(connection_string: str) -> str | None:
+    for part in connection_string.split(";"):
+        if part.startswith("AccountKey="):
+            return part[len("AccountKey="):]
+    return None
