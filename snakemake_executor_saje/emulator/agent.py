@@ -69,6 +69,7 @@ class NodeAgent:
         self._killed: dict[str, str] = {}
         self._lock = threading.Lock()
         state.on_kill = self.kill
+        state.on_job_release = self.run_job_release
 
     # ----------------------------------------------------------------- nodes
     def register_node(self, node: Node) -> None:
@@ -171,6 +172,8 @@ class NodeAgent:
                 if deadline is not None and time.monotonic() >= deadline:
                     self._kill_key(key, "wallclock")
                     proc.wait()
+                    with self._lock:  # our own kill: the caller still reports the outcome
+                        self._killed.pop(key, None)
                     return None
 
     def _forget(self, key: str) -> str | None:
@@ -303,6 +306,52 @@ class NodeAgent:
             self.state.save_job(job)
         return node.prepared_jobs[job.id] == "succeeded"
 
+    def run_job_release(self, job: Job, nodes: list[Node]) -> None:
+        threading.Thread(target=self._job_release_thread, args=(job, nodes), name=f"release-{job.id[:20]}",
+                         daemon=True).start()
+
+    def _job_release_thread(self, job: Job, nodes: list[Node]) -> None:
+        """The job release task on each node that ran the preparation task; then the job completes."""
+        release = job.rest["jobReleaseTask"]
+
+        def run(node: Node) -> None:
+            task_dir = node.layout.task_dir(job.id, release["id"])
+            key = f"release/{job.id}/{node.id}"
+            started, exit_code, failure = iso_now(), None, None
+            try:
+                blobio.download_resource_files(release.get("resourceFiles") or [], task_dir / "wd",
+                                               auto_storage=self.auto_storage())
+                proc = self._spawn(key, release["commandLine"], self.task_environment(node, job, release, task_dir),
+                                   task_dir / "wd", task_dir)
+                limit = parse_duration(release.get("maxWallClockTime") or "PT15M").total_seconds()
+                exit_code = self._wait(key, proc, time.monotonic() + limit)
+                if exit_code is None:
+                    failure = Failure("usererror", "TaskEnded", "The job release task exceeded its maxWallClockTime")
+            except blobio.ResourceFileError as exc:
+                failure = Failure(exc.category, exc.code, exc.message)
+            except FileNotFoundError:
+                failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
+            self._forget(key)
+            record = {"state": "completed", "startTime": started, "endTime": iso_now(),
+                      "taskRootDirectory": str(task_dir), "taskRootDirectoryUrl": f"{node.rest['url']}/files/workitems/{job.id}/job-1/{release['id']}",
+                      "result": "success" if failure is None and exit_code == 0 else "failure"}
+            if exit_code is not None:
+                record["exitCode"] = exit_code
+            if failure is not None:
+                record["failureInfo"] = {"category": failure.category, "code": failure.code, "message": failure.message}
+            with self.state.lock:
+                entry = job.prep_release.setdefault(node.id, {"poolId": node.pool_id, "nodeId": node.id,
+                                                              "nodeUrl": node.rest["url"]})
+                entry["jobReleaseTaskExecutionInfo"] = record
+
+        threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with self.state.lock:
+            self.state.complete_job(job)
+
     def _task_thread(self, task: Task, nodes: list[Node], attempt: int) -> None:
         node = nodes[0]
         job, rest = self._snapshot(task)
@@ -328,8 +377,8 @@ class NodeAgent:
             proc = self._spawn(task.key, rest["commandLine"], env, wd, task_dir)
             exit_code = self._wait(task.key, proc, self._deadline(rest))
             if exit_code is None:
-                failure = Failure("usererror", "MaxWallClockTimeExceeded",
-                                  "The task ran longer than its maxWallClockTime constraint and was terminated")
+                failure = Failure("usererror", "TaskEnded",
+                                  "The task exceeded its maxWallClockTime constraint and was terminated")
         except blobio.ResourceFileError as exc:
             failure = Failure(exc.category, exc.code, exc.message)
         except FileNotFoundError:
@@ -429,8 +478,8 @@ class NodeAgent:
                 proc = self._spawn(task.key, rest["commandLine"], instance_env(0, primary), task_dir / "wd", task_dir)
                 exit_code = self._wait(task.key, proc, deadline)
                 if exit_code is None:
-                    failure = Failure("usererror", "MaxWallClockTimeExceeded",
-                                      "The task ran longer than its maxWallClockTime constraint and was terminated")
+                    failure = Failure("usererror", "TaskEnded",
+                                      "The task exceeded its maxWallClockTime constraint and was terminated")
             except FileNotFoundError:
                 failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
         # The primary's end ends the task: stop whatever the coordination commands left running.

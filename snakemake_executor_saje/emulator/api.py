@@ -411,8 +411,9 @@ class BatchApi:
         with self.state.lock:
             j = self.state.job(job)
             if not j.rest.get("jobPreparationTask") and not j.rest.get("jobReleaseTask"):
-                raise errors.conflict("JobPreparationTaskOrReleaseTaskNotSpecified",
-                                      "The specified job does not have a job preparation or release task.")
+                # REST reference (List Preparation And Release Task Status): 409 JobPreparationTaskNotSpecified.
+                raise errors.conflict("JobPreparationTaskNotSpecified",
+                                      "The specified job does not have a job preparation task.")
             return self._list(request, list(j.prep_release.values()), "jobpreparationandreleasetaskstatuslist", None)
 
     # ----------------------------------------------------------------- tasks
@@ -473,9 +474,14 @@ class BatchApi:
         with self.state.lock:
             t = self.state.task(job, task)
             node = self._task_node(t)
+            if t.state == "active" and node is None:
+                # As observed (MicrosoftDocs/azure-docs#53298): 409 OperationInvalidForCurrentState.
+                raise BatchError(409, "OperationInvalidForCurrentState",
+                                 "The specified operation is not valid for the current state of the resource.",
+                                 [("Reason", "The files of the specified task cannot be accessed as the task state is still active")])
             if node is None:
-                raise BatchError(409, "TaskNotStarted" if t.state == "active" else "NodeNotFound",
-                                 "The task has not run on a node yet, or its node has left the pool, so it has no files.")
+                raise BatchError(409, "TaskFilesUnavailable",
+                                 "The node files for the task are not available: its node has left the pool.")
             root = node.layout.task_dir(t.job_id, t.id)
             return root, f"{t.rest['url']}/files"
 

@@ -95,6 +95,9 @@ class BatchState:
         self.faults = FaultPlan()
         # Hooks the agent installs: kill a task's processes; forget a node's files.
         self.on_kill: Callable[[Task, str], None] = lambda task, reason: None
+        # Run a job's release task on the nodes that ran its preparation task, then call
+        # `complete_job(job)`; None (no agent) completes the job at once.
+        self.on_job_release: Callable[[Job, list[Node]], None] | None = None
         # Validation of images the ARM side knows (Compute Gallery versions); None accepts none.
         self.gallery_image_exists: Callable[[str], bool] | None = None
         self._load()
@@ -571,6 +574,9 @@ class BatchState:
             raise errors.missing_property("poolInfo.poolId")
         if pool_info.get("autoPoolSpecification"):
             raise errors.invalid_property("poolInfo.autoPoolSpecification", "set", "Auto pools are not supported by this emulator; create the pool first.")
+        if body.get("jobReleaseTask") and not body.get("jobPreparationTask"):
+            # "A Job Release Task cannot be specified without also specifying a Job Preparation Task" (REST reference).
+            raise errors.invalid_property("jobReleaseTask", "set", "A job release task requires a job preparation task.")
         for task_prop in ("jobPreparationTask", "jobReleaseTask", "jobManagerTask"):
             if body.get(task_prop):
                 _require(body[task_prop], "commandLine")
@@ -634,6 +640,18 @@ class BatchState:
             self._finish_terminate(job)
 
     def _finish_terminate(self, job: Job) -> None:
+        """A terminating job completes once its release task has run on every node that prepared it."""
+        pool = self.pools.get(job.pool_id or "")
+        nodes = [pool.nodes[n] for n in job.prep_release if pool and n in pool.nodes] if job.rest.get("jobReleaseTask") else []
+        if nodes and self.on_job_release is not None and job.state == "terminating":
+            self.save_job(job)
+            self.on_job_release(job, nodes)
+            return
+        self.complete_job(job)
+
+    def complete_job(self, job: Job) -> None:
+        if job.state != "terminating":
+            return
         _set_state(job.rest, "completed")
         job.rest["executionInfo"]["endTime"] = iso_now()
         self.save_job(job)
