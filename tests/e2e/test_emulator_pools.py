@@ -6,7 +6,7 @@ import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
-from conftest import (IMAGE, NODE_AGENT, completed, idle_nodes, make_job, make_pool, pool_options, read_file,
+from tests.conftest import (IMAGE, NODE_AGENT, completed, idle_nodes, make_job, make_pool, pool_options, read_file,
                       unique_id, wait_for)
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
-from conftest import completed, make_job, make_pool, read_file, unique_id, wait_for
+from tests.conftest import completed, make_job, make_pool, read_file, unique_id, wait_for
 
 pytestmark = pytest.mark.e2e
 POLL = {"polling_interval": 0.1}

@@ -1,0 +1,77 @@
+"""Multi-instance tasks: coordination on every node, application on the primary, subtask records."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from azure.batch import models
+
+from tests.conftest import completed, make_job, make_pool, read_file
+
+pytestmark = pytest.mark.e2e
+
+ENV_DUMP = "/bin/sh -c 'env | grep ^AZ_BATCH_ | sort > $AZ_BATCH_TASK_SHARED_DIR/env-$AZ_BATCH_IS_CURRENT_NODE_MASTER.txt'"
+
+
+def _env(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def test_multi_instance_across_two_nodes(batch_client):
+    pool_id = make_pool(batch_client, dedicated=2, enable_inter_node_communication=True, task_slots_per_node=1)
+    nodes = {n.id: n.ip_address for n in batch_client.list_nodes(pool_id)}
+    job_id = make_job(batch_client, pool_id)
+    batch_client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="mpi", command_line="/bin/sh -c 'env | grep ^AZ_BATCH_ | sort; cat $AZ_BATCH_TASK_SHARED_DIR/env-true.txt >/dev/null'",
+        multi_instance_settings=models.MultiInstanceSettings(number_of_instances=2,
+                                                             coordination_command_line=ENV_DUMP)))
+    task = completed(batch_client, job_id, "mpi")
+    assert task.execution_info.result == "success", read_file(batch_client, job_id, "mpi", "stderr.txt")
+    primary = _env(read_file(batch_client, job_id, "mpi"))
+    hosts = primary["AZ_BATCH_HOST_LIST"].split(",")
+    assert sorted(hosts) == sorted(nodes.values())
+    assert primary["AZ_BATCH_IS_CURRENT_NODE_MASTER"] == "true"
+    assert primary["AZ_BATCH_MASTER_NODE"].split(":")[0] == nodes[task.node_info.node_id] == hosts[0]
+    assert primary["AZ_BATCH_NODE_LIST"].split(";") == hosts
+    assert primary["AZ_BATCH_TASK_SHARED_DIR"] == primary["AZ_BATCH_TASK_DIR"]  # the task dir, above wd
+
+    subtasks = list(batch_client.list_subtasks(job_id, "mpi"))
+    # The primary is the task itself; subtasks are the other instances, numbered from 1.
+    assert [s.id for s in subtasks] == [1]
+    sub = subtasks[0]
+    assert sub.state == "completed" and sub.exit_code == 0
+    assert sub.node_info.node_id != task.node_info.node_id and sub.node_info.node_id in nodes
+    # The coordination command ran on the other node too, with that node's view.
+    other = _env(b"".join(batch_client.download_node_file(
+        pool_id, sub.node_info.node_id, f"workitems/{job_id}/job-1/mpi/env-false.txt")).decode())
+    assert other["AZ_BATCH_IS_CURRENT_NODE_MASTER"] == "false" and other["AZ_BATCH_HOST_LIST"] == primary["AZ_BATCH_HOST_LIST"]
+    assert other["AZ_BATCH_NODE_ID"] == sub.node_info.node_id
+    batch_client.begin_delete_pool(pool_id)
+
+
+def test_failing_coordination_fails_the_task(batch_client):
+    pool_id = make_pool(batch_client, dedicated=2, enable_inter_node_communication=True)
+    job_id = make_job(batch_client, pool_id)
+    batch_client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="bad", command_line="/bin/true", multi_instance_settings=models.MultiInstanceSettings(
+            number_of_instances=2,
+            coordination_command_line="/bin/sh -c 'test $AZ_BATCH_IS_CURRENT_NODE_MASTER = true'")))
+    info = completed(batch_client, job_id, "bad").execution_info
+    assert info.result == "failure" and info.failure_info.code == "FailureExitCode"
+    assert [s.exit_code for s in batch_client.list_subtasks(job_id, "bad")] == [1]
+    batch_client.begin_delete_pool(pool_id)
+
+
+def test_multi_instance_never_scheduled_without_inter_node_communication(batch_client):
+    pool_id = make_pool(batch_client, dedicated=2)  # enableInterNodeCommunication false
+    job_id = make_job(batch_client, pool_id)
+    batch_client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="stuck", command_line="/bin/true",
+        multi_instance_settings=models.MultiInstanceSettings(number_of_instances=2)))
+    batch_client.create_task(job_id, models.BatchTaskCreateOptions(id="plain", command_line="/bin/true"))
+    completed(batch_client, job_id, "plain")  # the pool is working...
+    time.sleep(0.5)
+    stuck = batch_client.get_task(job_id, "stuck")
+    assert stuck.state == "active" and stuck.node_info is None  # ...but accepts and never schedules this one
+    assert list(batch_client.list_subtasks(job_id, "stuck")) == []
+    batch_client.begin_delete_pool(pool_id)
