@@ -381,6 +381,8 @@ def pool_spec(
     tasks_per_node: int | None = None,
     instances_per_task: int = 1,
     min_autoscale_interval: float = 5.0,
+    pool_id: str | None = None,
+    fixed_nodes: int | None = None,
 ) -> models.BatchPoolCreateOptions:
     """The pool to create for ``pool_class`` in run ``run_id``.
 
@@ -389,7 +391,11 @@ def pool_spec(
     plugins). ``tasks_per_node`` (HTC; default: all slots, i.e. one slot per
     task) and ``instances_per_task`` (MPI: nodes of the largest queued MPI job)
     feed the default autoscale formula. ``min_autoscale_interval`` is Azure's
-    5 minutes; the emulator's caller passes less.
+    5 minutes; the emulator's caller passes less. ``pool_id`` names the pool
+    instead of deriving the id from the run and class, and ``fixed_nodes``
+    asks for that many nodes (spot when the class is) with no autoscale, MPI
+    classes included: both for pools a user creates by hand (``saje pool
+    create``).
     """
     if pool_class.existing_pool_id:
         raise PoolSpecError(
@@ -411,12 +417,17 @@ def pool_spec(
         raise PoolSpecError(
             f"MPI pools have at most 100 nodes (inter-node communication); got {max_nodes}."
         )
-    pool_id = pool_id_for(pool_class, run_id)
+    if fixed_nodes is not None and pool_class.mpi and fixed_nodes > 100:
+        raise PoolSpecError(
+            f"MPI pools have at most 100 nodes (inter-node communication); got {fixed_nodes}."
+        )
+    pool_id = pool_id or pool_id_for(pool_class, run_id)
 
     scaling: dict[str, Any]
-    fixed = settings.nodes is not None and not pool_class.mpi
-    if fixed:
-        nodes = int(settings.nodes)
+    if fixed_nodes is None and not pool_class.mpi and settings.nodes is not None:
+        fixed_nodes = int(settings.nodes)
+    if fixed_nodes is not None:
+        nodes = int(fixed_nodes)
         scaling = {
             "target_dedicated_nodes": 0 if pool_class.spot else nodes,
             "target_low_priority_nodes": nodes if pool_class.spot else 0,
