@@ -157,8 +157,9 @@ class NodeAgent:
         out_dir.mkdir(parents=True, exist_ok=True)
         cwd.mkdir(parents=True, exist_ok=True)
         with open(out_dir / f"{stem}stdout.txt", "ab") as out, open(out_dir / f"{stem}stderr.txt", "ab") as err:
+            # Every process of an emulated node sees the node's hostname (MPI tells nodes apart by it).
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=ssh_shim.node_hostname_preexec(env.get("HOSTNAME")))
         with self._lock:
             self._procs.setdefault(key, []).append(proc)
         return proc

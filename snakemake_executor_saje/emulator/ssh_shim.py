@@ -347,26 +347,61 @@ def _set_parent_death_signal(sig: int) -> None:
 _CLONE_NEWUTS = 0x04000000
 
 
+_LIBC: list = []  # [ctypes.CDLL] once loaded, [None] when not available
+
+
+def _libc():
+    """libc through ctypes, loaded once (in the parent: never dlopen between fork and exec)."""
+    if not _LIBC:
+        lib = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                lib = ctypes.CDLL(None, use_errno=True)
+                lib.unshare, lib.sethostname  # noqa: B018 - resolve both symbols now
+            except (OSError, AttributeError):
+                lib = None
+        _LIBC.append(lib)
+    return _LIBC[0]
+
+
 def enter_node_hostname(hostname: str) -> bool:
     """Move the calling process into a new UTS namespace whose hostname is `hostname`.
 
     Gives each emulated node its own gethostname(), which MPI runtimes use to tell nodes
     apart (PRRTE names its daemons' nodes by it, MPI_Get_processor_name returns it). Use
-    it as a subprocess `preexec_fn` (the emulator's agent can do so for task processes
-    too). Needs CAP_SYS_ADMIN (root); returns False, changing nothing, when not allowed.
+    it as a subprocess `preexec_fn`, or build one with `node_hostname_preexec` (what the
+    emulator's agent does for every process of a node). Needs CAP_SYS_ADMIN (root);
+    returns False, changing nothing, when not allowed.
     """
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(_CLONE_NEWUTS) != 0:
             return False
         name = hostname.encode()[:64]
         return libc.sethostname(name, len(name)) == 0
     except (OSError, AttributeError):
         return False
+
+
+def node_hostname_preexec(hostname: str | None):
+    """A `preexec_fn` that gives the child `hostname` (see `enter_node_hostname`), or None.
+
+    Safe to use from a multi-threaded parent: libc is loaded here, in the parent, so the
+    child only calls unshare(2) and sethostname(2) between fork and exec. None (no preexec)
+    when there is no hostname or the platform cannot do it. A child that is not allowed a
+    namespace (no CAP_SYS_ADMIN) keeps the machine's hostname and runs all the same.
+    """
+    if not hostname or _libc() is None:
+        return None
+
+    def preexec() -> None:
+        enter_node_hostname(hostname)
+
+    return preexec
 
 
 def _kill_group(pgid: int, proc: subprocess.Popen) -> None:
@@ -422,6 +457,7 @@ def run(argv: list[str], data_dir: Path | str, caller_env: Mapping[str, str] | N
         return 255  # the launcher died before we armed the parent-death signal
 
     hostname = str(record["hostname"])
+    _libc()  # load it before fork
 
     def in_node():  # runs in the child, between fork and exec
         if not enter_node_hostname(hostname):
