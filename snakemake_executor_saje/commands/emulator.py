@@ -1,0 +1,129 @@
+"""`saje emulator start|run`: the local Azure Batch emulator as a command.
+
+    saje emulator start [--port N] [--data-dir DIR] [--nodes N] [--with-azurite] ...
+        Run a local Batch account in the foreground until Ctrl-C / SIGTERM.
+    saje emulator run [options] -- COMMAND...
+        Start the emulator (with Azurite), run COMMAND with the environment pointing at it,
+        stop everything afterwards; exit with COMMAND's exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from .common import EXIT_USAGE
+
+
+def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="state, node directories and blobs live here (default: .saje/emulator)")
+    parser.add_argument("--account-name", default="sajelocal", help="Batch account name")
+    parser.add_argument("--nodes", type=int, default=None,
+                        help="create a pool 'local' with this many nodes at start (optional)")
+    parser.add_argument("--vm-size", type=Path, default=None, dest="vm_size_catalogue",
+                        help="YAML catalogue of VM sizes to use instead of the bundled one")
+    parser.add_argument("--with-azurite", action="store_true", help="also start Azurite (blob storage)")
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS with a generated certificate (bearer tokens)")
+    parser.add_argument("--node-boot-seconds", type=float, default=1.0, help="time a node takes to boot")
+    parser.add_argument("--autoscale-min-interval", type=float, default=5.0,
+                        help="smallest autoscale evaluation interval accepted, in seconds (Azure: 300)")
+
+
+def _make_emulator(args: argparse.Namespace, with_azurite: bool):
+    from ..emulator import Emulator
+
+    data_dir = args.data_dir or Path(".saje") / "emulator"
+    return Emulator(
+        data_dir, with_azurite=with_azurite, host=args.host, port=args.port, account_name=args.account_name,
+        tls=args.tls, node_boot_seconds=args.node_boot_seconds, vm_size_catalogue=args.vm_size_catalogue,
+        autoscale_min_interval=timedelta(seconds=args.autoscale_min_interval),
+        autoscale_sample_interval=timedelta(seconds=min(30.0, max(0.5, args.autoscale_min_interval / 4))),
+    )
+
+
+def client_environment(emulator) -> dict[str, str]:
+    """What a client (snakemake, the SDKs) needs to use this emulator."""
+    env = {
+        "SNAKEMAKE_SAJE_ACCOUNT_URL": emulator.endpoint,
+        "SNAKEMAKE_SAJE_ACCOUNT_NAME": emulator.account_name,
+        "SNAKEMAKE_SAJE_ACCOUNT_KEY": emulator.account_key,
+    }
+    if emulator.azurite is not None:
+        env["AZURE_STORAGE_CONNECTION_STRING"] = emulator.azurite.connection_string
+        env["AZURITE_CONNECTION_STRING"] = emulator.azurite.connection_string
+    return env
+
+
+def _create_fixed_pool(emulator, nodes: int) -> None:
+    from azure.batch import models
+
+    emulator.client().create_pool(models.BatchPoolCreateOptions(
+        id="local", vm_size="Standard_D2s_v5", target_dedicated_nodes=nodes, task_slots_per_node=2,
+        virtual_machine_configuration=models.VirtualMachineConfiguration(
+            image_reference=models.BatchVmImageReference(publisher="canonical", offer="ubuntu-24_04-lts", sku="server"),
+            node_agent_sku_id="batch.node.ubuntu 24.04"),
+    ))
+
+
+def emulator_start(args: argparse.Namespace) -> int:
+    emulator = _make_emulator(args, args.with_azurite)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with emulator:
+        if args.nodes:
+            _create_fixed_pool(emulator, args.nodes)
+        print(f"Azure Batch emulator listening on {emulator.endpoint}")
+        print(f"  account name: {emulator.account_name}")
+        print(f"  account key:  {emulator.account_key}")
+        if emulator.azurite is not None:
+            print(f"  Azurite blob: {emulator.azurite.blob_endpoint}")
+            print(f"  storage connection string: {emulator.azurite.connection_string}")
+        print("Environment for clients:")
+        for key, value in client_environment(emulator).items():
+            print(f"  export {key}='{value}'")
+        print("Ctrl-C stops it and every task process it started.", flush=True)
+        stop.wait()
+    print("emulator stopped")
+    return 0
+
+
+def emulator_run(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("saje emulator run: give the command to run after --, e.g. saje emulator run -- snakemake ...", file=sys.stderr)
+        return EXIT_USAGE
+    with _make_emulator(args, with_azurite=not args.no_azurite) as emulator:
+        env = {**os.environ, **client_environment(emulator)}
+        proc = subprocess.Popen(command, env=env)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            return proc.wait()
+
+
+def register(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """The emulator commands take no global options: they run the account, they do not call it.
+
+    Their functions take the parsed arguments (``raw = True``), not a Context."""
+    emulator = commands.add_parser("emulator", help="the local Azure Batch emulator")
+    actions = emulator.add_subparsers(dest="action", required=True, metavar="ACTION")
+    start = actions.add_parser("start", help="run the emulator in the foreground")
+    _emulator_arguments(start)
+    start.set_defaults(func=emulator_start, raw=True)
+    run = actions.add_parser("run", help="run a command against a fresh emulator, then stop it")
+    _emulator_arguments(run)
+    run.add_argument("--no-azurite", action="store_true", help="do not start Azurite")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND...")
+    run.set_defaults(func=emulator_run, raw=True)

@@ -1,0 +1,180 @@
+"""`saje job list|status|logs|delete`: Batch jobs, their task counts, failed tasks and logs."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .common import EXIT_FAILED, EXIT_OK, CliError, Context, confirm, deletion_options, wait_gone
+from .output import state_name
+
+DEFAULT_LOG_FILES = ("stdout.txt", "stderr.txt")
+TASK_COUNT_KEYS = ("active", "running", "completed", "succeeded", "failed")
+
+
+# ----------------------------------------------------------------------------- pure parts
+def task_counts(result: Any) -> dict[str, int]:
+    """{active, running, completed, succeeded, failed} from get_job_task_counts."""
+    counts = getattr(result, "task_counts", result)
+    return {key: int(getattr(counts, key, 0) or 0) for key in TASK_COUNT_KEYS}
+
+
+def job_summary(job: Any, counts: dict[str, int] | None) -> dict[str, Any]:
+    pool_info = job.pool_info
+    return {
+        "id": job.id,
+        "pool": pool_info.pool_id if pool_info else None,
+        "state": state_name(job.state),
+        "created": job.creation_time,
+        "taskCounts": counts,
+    }
+
+
+JOB_COLUMNS = ("id", "pool", "state", "active", "running", "succeeded", "failed", "created")
+
+
+def job_row(summary: dict[str, Any]) -> list[Any]:
+    counts = summary["taskCounts"] or {}
+    return [summary["id"], summary["pool"], summary["state"],
+            *(counts.get(k) for k in ("active", "running", "succeeded", "failed")), summary["created"]]
+
+
+def failed_task(task: Any) -> dict[str, Any] | None:
+    """The failure of a completed task (exit code, Batch failure code and message), or None."""
+    from ..batch import outcome_of
+
+    if state_name(task.state) != "completed":
+        return None
+    outcome = outcome_of(task)
+    if outcome.succeeded:
+        return None
+    return {
+        "id": outcome.task_id,
+        "exitCode": outcome.exit_code,
+        "failureCode": outcome.failure_code,
+        "failureMessage": (outcome.failure_message or "").splitlines()[0] if outcome.failure_message else None,
+        "node": outcome.node_id,
+        "pool": outcome.pool_id,
+    }
+
+
+def log_dir(base: Path, job_id: str, task_id: str) -> Path:
+    """Where `job logs` puts one task's files: BASE/<job>/<task>/."""
+    return base / job_id / task_id
+
+
+# ----------------------------------------------------------------------------- commands
+def _failed_tasks(ctx: Context, job_id: str) -> list[dict[str, Any]]:
+    tasks = ctx.client.list_tasks(job_id, filter="state eq 'completed'",
+                                  select=["id", "state", "executionInfo", "nodeInfo"])
+    return [f for f in (failed_task(t) for t in tasks) if f]
+
+
+def list_(ctx: Context) -> int:
+    summaries = []
+    for job in ctx.client.list_jobs():
+        counts = task_counts(ctx.client.get_job_task_counts(job.id))
+        summaries.append(job_summary(job, counts))
+    ctx.out.emit({"jobs": summaries})
+    ctx.out.table("Jobs", JOB_COLUMNS, [job_row(s) for s in summaries])
+    return EXIT_OK
+
+
+def status(ctx: Context) -> int:
+    job_id = ctx.args.job_id
+    job = ctx.client.get_job(job_id)
+    summary = job_summary(job, task_counts(ctx.client.get_job_task_counts(job_id)))
+    failed = _failed_tasks(ctx, job_id)
+    ctx.out.emit({"job": summary, "failedTasks": failed})
+    ctx.out.table(None, JOB_COLUMNS, [job_row(summary)])
+    ctx.out.table("Failed tasks", ("task", "exit code", "failure code", "message", "node"),
+                  [(f["id"], f["exitCode"], f["failureCode"], f["failureMessage"], f["node"]) for f in failed])
+    if failed:
+        ctx.out.print(f"Logs of the failed tasks: saje job logs {job_id}")
+    return EXIT_OK
+
+
+def logs(ctx: Context) -> int:
+    from ..batch import BatchGateway
+
+    args = ctx.args
+    job_id = args.job_id
+    ctx.client.get_job(job_id, select=["id"])  # a missing job is exit 3, not "no failed tasks"
+    if args.task_ids:
+        task_ids = list(args.task_ids)
+        for task_id in task_ids:
+            ctx.client.get_task(job_id, task_id, select=["id"])  # exit 3 names the missing task
+    elif args.all:
+        task_ids = [t.id for t in ctx.client.list_tasks(job_id, select=["id"])]
+    else:
+        task_ids = [f["id"] for f in _failed_tasks(ctx, job_id)]
+    gateway = BatchGateway(ctx.client)
+    names = list(dict.fromkeys(args.file or DEFAULT_LOG_FILES))
+    downloaded: list[dict[str, Any]] = []
+    for task_id in task_ids:
+        target = log_dir(args.dir, job_id, task_id)
+        got, missing = [], []
+        for name in names:
+            path = target / name
+            (got if gateway.download_task_file(job_id, task_id, name, path) else missing).append(
+                str(path) if path.exists() else name)
+        downloaded.append({"task": task_id, "directory": str(target), "files": got, "missing": missing})
+        for name in missing:
+            ctx.out.info(f"{task_id}: no {name} (the task has not run, or its node is gone)")
+    ctx.out.emit({"job": job_id, "tasks": downloaded})
+    if not task_ids:
+        ctx.out.print(f"Job {job_id} has no failed tasks; name tasks or pass --all to fetch others.")
+        return EXIT_OK
+    ctx.out.table(f"Logs of job {job_id}", ("task", "directory", "files", "missing"),
+                  [(d["task"], d["directory"], len(d["files"]), ", ".join(d["missing"])) for d in downloaded])
+    if not any(d["files"] for d in downloaded):
+        raise CliError(f"No log file of job {job_id} could be downloaded.", EXIT_FAILED, "NoLogs")
+    return EXIT_OK
+
+
+def delete(ctx: Context) -> int:
+    args = ctx.args
+    job_id = args.job_id
+    counts = task_counts(ctx.client.get_job_task_counts(job_id))  # not found: exit 3 first
+    confirm(ctx, f"Delete job {job_id} and its {sum(counts[k] for k in ('active', 'running', 'completed'))}"
+                 " task(s)? Running tasks are stopped.")
+    ctx.client.begin_delete_job(job_id, polling_interval=max(1, int(args.poll_interval)))
+    ctx.out.info(f"Deleting job {job_id}.")
+    if args.wait:
+        wait_gone(ctx, f"job {job_id}", lambda: ctx.client.get_job(job_id, select=["id"]))
+    ctx.out.emit({"deleted": job_id, "waited": bool(args.wait)})
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
+def register(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    group = commands.add_parser("job", help="list jobs, show failed tasks, fetch logs, delete jobs",
+                                parents=parents)
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = actions.add_parser("list", parents=parents, help="jobs with their task counts")
+    p.set_defaults(func=list_)
+
+    p = actions.add_parser("status", parents=parents,
+                           help="a job's task counts and its failed tasks (exit code, failure code)")
+    p.add_argument("job_id", metavar="JOB")
+    p.set_defaults(func=status)
+
+    p = actions.add_parser("logs", parents=parents,
+                           help="download stdout.txt/stderr.txt of the failed (or named) tasks")
+    p.add_argument("job_id", metavar="JOB")
+    p.add_argument("task_ids", metavar="TASK", nargs="*", help="tasks to fetch (default: every failed task)")
+    p.add_argument("--all", action="store_true", help="every task of the job, not only failed ones")
+    p.add_argument("--dir", type=Path, default=Path("saje-logs"),
+                   help="base directory; files go to DIR/<job>/<task>/ (default ./saje-logs)")
+    p.add_argument("--file", action="append", metavar="NAME",
+                   help="task file to fetch instead of stdout.txt and stderr.txt (repeatable)")
+    p.set_defaults(func=logs)
+
+    p = actions.add_parser("delete", parents=parents, help="delete a job and its tasks (asks first unless --yes)")
+    p.add_argument("job_id", metavar="JOB")
+    deletion_options(p, "the job is gone")
+    p.set_defaults(func=delete)
+
+
+__all__ = ["register", "task_counts", "job_summary", "job_row", "failed_task", "log_dir"]
