@@ -305,25 +305,24 @@ class BatchState:
         if body.get("resizeTimeout") is not None:
             _duration_property("resizeTimeout", body["resizeTimeout"])
 
+    UPDATABLE_POOL_PROPERTIES = ("startTask", "metadata", "applicationPackageReferences", "targetNodeCommunicationMode")
+
     def patch_pool(self, pool_id: str, body: dict[str, Any]) -> Pool:
-        with self.lock:
-            pool = self.pool(pool_id)
-            self._refuse_if_deleting(pool)
-            for prop in ("startTask", "metadata", "applicationPackageReferences", "targetNodeCommunicationMode"):
-                if prop in body:
-                    pool.rest[prop] = body[prop]
-            _touch(pool.rest)
-            self.save_pool(pool)
-            return pool
+        """PATCH: the properties given are set, the others kept."""
+        return self._update_pool(pool_id, body, replace=False)
 
     def replace_pool_properties(self, pool_id: str, body: dict[str, Any]) -> Pool:
+        """POST updateproperties: the properties given are set, the others cleared."""
+        return self._update_pool(pool_id, body, replace=True)
+
+    def _update_pool(self, pool_id: str, body: dict[str, Any], *, replace: bool) -> Pool:
         with self.lock:
             pool = self.pool(pool_id)
             self._refuse_if_deleting(pool)
-            for prop in ("startTask", "metadata", "applicationPackageReferences", "targetNodeCommunicationMode"):
+            for prop in self.UPDATABLE_POOL_PROPERTIES:
                 if prop in body:
                     pool.rest[prop] = body[prop]
-                else:
+                elif replace:
                     pool.rest.pop(prop, None)
             _touch(pool.rest)
             self.save_pool(pool)
