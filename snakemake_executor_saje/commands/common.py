@@ -18,6 +18,7 @@ messages name profiles, files and fields, never values.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,11 @@ def batch_error(exc: Exception) -> CliError:
     from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ResourceNotFoundError,
                                        ServiceRequestError)
 
+    if isinstance(exc, ClientAuthenticationError) and not getattr(exc, "status_code", None):
+        # No response: the credential itself found nothing usable (DefaultAzureCredential lists
+        # what it tried, without secrets; the list is the useful part).
+        text = str(exc).strip() or "authentication failed"
+        return CliError(f"No usable Azure credential: {text}", EXIT_CONFIG, "ClientAuthenticationError")
     if isinstance(exc, HttpResponseError):
         error: Any = getattr(exc, "error", None)
         code = getattr(error, "code", None) or (f"HTTP{exc.status_code}" if exc.status_code else "HttpError")
@@ -159,10 +165,10 @@ def batch_error(exc: Exception) -> CliError:
         if isinstance(exc, ClientAuthenticationError) or exc.status_code in (401, 403):
             return CliError(text + " (check the credential profile or account key)", EXIT_CONFIG, code)
         return CliError(text, EXIT_FAILED, code)
-    if isinstance(exc, ClientAuthenticationError):
-        # DefaultAzureCredential found nothing usable; its message lists what it tried.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "authentication failed"
-        return CliError(f"Authentication failed: {first}", EXIT_CONFIG, "ClientAuthenticationError")
+    if isinstance(exc, ServiceRequestError) and "non-TLS" in str(exc):
+        return CliError("The Batch endpoint is plain http://, and Entra ID (bearer) tokens need https:"
+                        " use an https:// account URL, or a shared key (SNAKEMAKE_SAJE_ACCOUNT_NAME/KEY or"
+                        " a profile's batch_account_name/batch_account_key).", EXIT_CONFIG, "InsecureEndpoint")
     if isinstance(exc, ServiceRequestError):
         return CliError(f"Cannot reach the Batch endpoint: {exc}", EXIT_FAILED, "ServiceRequestError")
     raise exc
@@ -175,6 +181,10 @@ def run_command(func: Callable[[Context], int | None], args: argparse.Namespace)
     from ..credentials import CredentialsError
     from ..pools import PoolSpecError
 
+    # The SDK and azure.identity log warnings (e.g. every credential DefaultAzureCredential
+    # tried) that the error message below already carries; SAJE_DEBUG=1 shows them.
+    if not os.environ.get("SAJE_DEBUG"):
+        logging.getLogger("azure").setLevel(logging.ERROR)
     out = Output(json_mode=bool(getattr(args, "json", False)))
     ctx = Context(args, out)
     try:

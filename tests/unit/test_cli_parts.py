@@ -97,6 +97,12 @@ def test_batch_errors_map_to_exit_codes():
     assert common.batch_error(ResourceNotFoundError("gone")).exit_code == common.EXIT_NOT_FOUND
     assert common.batch_error(ClientAuthenticationError("no token")).exit_code == common.EXIT_CONFIG
     assert common.batch_error(ServiceRequestError("refused")).exit_code == common.EXIT_FAILED
+    insecure = common.batch_error(ServiceRequestError(
+        "Bearer token authentication is not permitted for non-TLS protected (non-https) URLs."))
+    assert insecure.exit_code == common.EXIT_CONFIG and "https" in insecure.message
+    default = common.batch_error(ClientAuthenticationError(
+        "DefaultAzureCredential failed to retrieve a token\nAttempted credentials:\n\tAzureCliCredential: not found"))
+    assert default.exit_code == common.EXIT_CONFIG and "AzureCliCredential" in default.message
 
 
 # ----------------------------------------------------------------------------- pool specs
