@@ -22,6 +22,7 @@ from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
+from snakemake_interface_executor_plugins.utils import format_cli_arg
 
 from . import credentials, mapping, mpi, pools
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of
@@ -86,7 +87,7 @@ class Executor(RemoteExecutor):
 
     def _prepare(self, job: JobExecutorInterface):
         preemptible = bool(getattr(job, "is_preemptible", lambda: False)()) if callable(getattr(job, "is_preemptible", None)) else False
-        spec = mapping.job_spec_from_job(job, self.format_job_exec(job), preemptible=preemptible or _rule_preemptible(self.workflow, job))
+        spec = mapping.job_spec_from_job(job, self._job_command(job), preemptible=preemptible or _rule_preemptible(self.workflow, job))
         use = self._pool_for(spec)
         task_key = mapping.task_id(spec.rule, spec.jobid, spec.attempt)
         plan = mapping.plan_mpi(spec, use.shape, self.settings.mpi_flavor) if mapping.is_mpi(spec) else None
@@ -121,6 +122,19 @@ class Executor(RemoteExecutor):
         request = mapping.task_request(spec, use.shape, options, plan)
         info = SubmittedJobInfo(job, external_jobid=request.id, aux={"batch_job": use.job_id, "pool": use.pool_id})
         return use, request, info
+
+    def _job_command(self, job: JobExecutorInterface) -> str:
+        """Snakemake's command for the job, run from the task's working directory.
+
+        With no shared file system Snakemake passes `--directory <local workdir>` (the
+        --directory given here) to the job; on a node that path means nothing, and outputs
+        written there would never reach the task directory Batch uploads output files from.
+        """
+        command = self.format_job_exec(job)
+        workdir = getattr(self.workflow, "overwrite_workdir", None)
+        if workdir:
+            command = command.replace(" " + format_cli_arg("--directory", workdir), "")
+        return command
 
     def _retries(self, spec: mapping.JobSpec) -> int:
         retries = int(self.settings.task_retries)
@@ -330,13 +344,21 @@ def _local_paths(files) -> list[str]:
 
 
 def _output_paths(job: JobExecutorInterface) -> list[str]:
-    """Outputs, logs and benchmarks of a job, directories with a trailing '/'."""
-    paths = []
-    for group in (job.output, job.log, getattr(job, "benchmark", None) and [job.benchmark] or []):
-        for f in group or []:
+    """Outputs, logs and benchmarks of a job, directories with a trailing '/'.
+
+    A group job runs as one task, and Snakemake checks the outputs of every job in the group
+    (intermediate ones included), so those of all its jobs come back.
+    """
+    jobs = list(getattr(job, "jobs", None) or [job]) if job.is_group() else [job]
+    paths: list[str] = []
+    for one in jobs:
+        benchmark = getattr(one, "benchmark", None)
+        for f in [*(one.output or []), *(one.log or []), *([benchmark] if benchmark else [])]:
             name = str(f)
             is_dir = bool(getattr(f, "is_directory", False))
-            paths.append(name.rstrip("/") + "/" if is_dir else name)
+            path = name.rstrip("/") + "/" if is_dir else name
+            if path not in paths:
+                paths.append(path)
     return paths
 
 
