@@ -3,7 +3,7 @@
     saje pool create|list|resize|delete     Batch pools (commands/pool.py)
     saje job list|status|logs|delete        Batch jobs, failed tasks, logs (commands/job.py)
     saje status                             pools, nodes, jobs, hourly cost (commands/status.py)
-    saje emulator start|run                 the local Batch emulator (commands/emulator.py)
+    saje emulator start|run|status|stop     the local Batch emulator (commands/emulator.py)
 
 Global options (--profile, --account-url, --credentials-file, --json) go before or after the
 command words. Exit codes: 0 ok, 1 failed at Azure, 2 usage, 3 not found, 4 credentials or

@@ -5,6 +5,12 @@
     saje emulator run [options] -- COMMAND...
         Start the emulator (with Azurite), run COMMAND with the environment pointing at it,
         stop everything afterwards; exit with COMMAND's exit code.
+    saje emulator status|stop [--data-dir DIR]
+        Whether an emulator started with `start` on DIR is running (exit 0, or 3 when none is);
+        stop it (SIGTERM, as Ctrl-C would) and wait until it has stopped.
+
+`start` writes DIR/emulator.json (pid, endpoint, account name; never the key) while it runs;
+`status` and `stop` read it and check that the pid is still that emulator before anything else.
 """
 from __future__ import annotations
 
@@ -17,7 +23,13 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-from .common import EXIT_USAGE
+import json
+import time
+
+from .common import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CliError, Context
+
+STATE_FILE = "emulator.json"
+DEFAULT_DATA_DIR = Path(".saje") / "emulator"
 
 
 def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +52,7 @@ def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
 def _make_emulator(args: argparse.Namespace, with_azurite: bool):
     from ..emulator import Emulator
 
-    data_dir = args.data_dir or Path(".saje") / "emulator"
+    data_dir = args.data_dir or DEFAULT_DATA_DIR
     return Emulator(
         data_dir, with_azurite=with_azurite, host=args.host, port=args.port, account_name=args.account_name,
         tls=args.tls, node_boot_seconds=args.node_boot_seconds, vm_size_catalogue=args.vm_size_catalogue,
@@ -90,10 +102,82 @@ def emulator_start(args: argparse.Namespace) -> int:
         print("Environment for clients:")
         for key, value in client_environment(emulator).items():
             print(f"  export {key}='{value}'")
-        print("Ctrl-C stops it and every task process it started.", flush=True)
-        stop.wait()
+        print("Ctrl-C (or saje emulator stop) stops it and every task process it started.", flush=True)
+        state_file = _write_state(emulator)
+        try:
+            stop.wait()
+        finally:
+            state_file.unlink(missing_ok=True)
     print("emulator stopped")
     return 0
+
+
+def _write_state(emulator) -> Path:
+    path = Path(emulator.config.data_dir) / STATE_FILE
+    path.write_text(json.dumps({
+        "pid": os.getpid(), "endpoint": emulator.endpoint, "accountName": emulator.account_name,
+        "azuriteBlobEndpoint": emulator.azurite.blob_endpoint if emulator.azurite is not None else None,
+        "dataDir": str(emulator.config.data_dir),
+    }, indent=2) + "\n")
+    return path
+
+
+def _is_emulator_process(pid: int) -> bool:
+    """The pid is alive and (where /proc tells) is a `saje emulator start`, not a reused pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        words = cmdline.read_bytes().split(b"\0")
+        return b"emulator" in words and b"start" in words
+    return True
+
+
+def running_emulator(data_dir: Path | None) -> dict | None:
+    """The state of the emulator started on ``data_dir``, or None when none runs there."""
+    path = Path(data_dir or DEFAULT_DATA_DIR) / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("pid"), int) or not _is_emulator_process(state["pid"]):
+        return None
+    return state
+
+
+def emulator_status(ctx: Context) -> int:
+    state = running_emulator(ctx.args.data_dir)
+    if state is None:
+        raise CliError(f"No emulator is running on {ctx.args.data_dir or DEFAULT_DATA_DIR}"
+                       " (start one with: saje emulator start).", EXIT_NOT_FOUND, "EmulatorNotRunning")
+    ctx.out.emit({"running": True, **state})
+    ctx.out.print(f"Emulator running (pid {state['pid']}) at {state['endpoint']}, account {state['accountName']}")
+    if state.get("azuriteBlobEndpoint"):
+        ctx.out.print(f"  Azurite blob: {state['azuriteBlobEndpoint']}")
+    ctx.out.print(f"  data: {state['dataDir']}")
+    return EXIT_OK
+
+
+def emulator_stop(ctx: Context) -> int:
+    state = running_emulator(ctx.args.data_dir)
+    if state is None:
+        raise CliError(f"No emulator is running on {ctx.args.data_dir or DEFAULT_DATA_DIR}.",
+                       EXIT_NOT_FOUND, "EmulatorNotRunning")
+    pid = state["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + ctx.args.timeout
+    while _is_emulator_process(pid):
+        if time.monotonic() >= deadline:
+            raise CliError(f"The emulator (pid {pid}) did not stop within {ctx.args.timeout:g} s.",
+                           EXIT_FAILED, "Timeout")
+        time.sleep(0.1)
+    ctx.out.info(f"Emulator (pid {pid}) stopped.")
+    ctx.out.emit({"stopped": pid})
+    return EXIT_OK
 
 
 def emulator_run(args: argparse.Namespace) -> int:
@@ -114,9 +198,8 @@ def emulator_run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    """The emulator commands take no global options: they run the account, they do not call it.
-
-    Their functions take the parsed arguments (``raw = True``), not a Context."""
+    """`start` and `run` take no global options (they run the account, they do not call it) and
+    get the parsed arguments (``raw = True``); `status` and `stop` are ordinary commands."""
     emulator = commands.add_parser("emulator", help="the local Azure Batch emulator")
     actions = emulator.add_subparsers(dest="action", required=True, metavar="ACTION")
     start = actions.add_parser("start", help="run the emulator in the foreground")
@@ -127,3 +210,10 @@ def register(commands: argparse._SubParsersAction, parents: list[argparse.Argume
     run.add_argument("--no-azurite", action="store_true", help="do not start Azurite")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND...")
     run.set_defaults(func=emulator_run, raw=True)
+    for name, func, text in (("status", emulator_status, "is an emulator running on --data-dir? (exit 3: no)"),
+                             ("stop", emulator_stop, "stop the emulator running on --data-dir")):
+        p = actions.add_parser(name, parents=parents, help=text)
+        p.add_argument("--data-dir", type=Path, default=None, help="its data directory (default: .saje/emulator)")
+        if name == "stop":
+            p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="wait this long at most")
+        p.set_defaults(func=func)

@@ -307,3 +307,47 @@ def test_saje_inside_saje_emulator_run(tmp_path):
     missing = subprocess.run([*base, saje, "pool", "delete", "nope", "--yes"], env=env, capture_output=True,
                              text=True, timeout=120)
     assert missing.returncode == 3 and "PoolNotFound" in missing.stderr
+
+
+def test_tables_and_progress_for_people(env, capsys):
+    """Without --json: the progress display and tables render, messages go to stderr."""
+    pool_id = unique_id("cli-people")
+    assert main(["pool", "create", pool_id, "--vm-size", SIZE, "--nodes", "1", "--wait", *FASTPOLL]) == 0
+    out, err = capsys.readouterr()
+    assert f"Created pool {pool_id}" in err and "allocation steady" in err
+    assert pool_id in out and "nodes: 1 idle" in out
+    assert main(["status"]) == 0
+    out, _ = capsys.readouterr()
+    assert pool_id in out and "1 idle" in out and f"as of {catalogue.price_info()['date']}" in out
+    assert main(["pool", "delete", pool_id, "--yes", "--wait", *FASTPOLL]) == 0
+    assert main(["job", "status", "no-such-job"]) == 3
+    out, err = capsys.readouterr()
+    assert "JobNotFound" in err and out == ""
+
+
+def test_emulator_start_status_stop(tmp_path):
+    saje = str(Path(sys.executable).parent / "saje")
+    data = tmp_path / "emu"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE_SAJE_")}
+    proc = subprocess.Popen([saje, "emulator", "start", "--data-dir", str(data), "--node-boot-seconds", "0.05"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (data / "emulator.json").exists(), 60, what="emulator.json")
+        status = subprocess.run([saje, "emulator", "status", "--data-dir", str(data), "--json"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        state = json.loads(status.stdout)
+        assert state["running"] and state["pid"] == proc.pid and state["endpoint"].startswith("http://127.0.0.1:")
+        assert "key" not in json.dumps(state).lower()
+        stop = subprocess.run([saje, "emulator", "stop", "--data-dir", str(data)], env=env, capture_output=True,
+                              text=True, timeout=90)
+        assert stop.returncode == 0, stop.stderr
+        assert proc.wait(timeout=30) == 0 and "emulator stopped" in proc.stdout.read()
+        assert not (data / "emulator.json").exists()
+        again = subprocess.run([saje, "emulator", "status", "--data-dir", str(data)], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 3 and "No emulator is running" in again.stderr
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
