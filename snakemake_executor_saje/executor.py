@@ -104,7 +104,7 @@ class Executor(RemoteExecutor):
             command = f". \"{pools.NODE_VENV}/bin/activate\" && {command}"
         coordination = None
         if plan is not None:
-            flavor = _mpi_flavor(plan.flavor, str(spec.resources.get("mpi", "")))
+            flavor = _mpi_flavor(plan.flavor, str(spec.resources.get("mpi", "")), spec.rule)
             environment.update(mpi.application_environment(flavor, plan.nodes, plan.tasks_per_node))
             command = mpi.hostfile_script(flavor, plan.tasks_per_node) + command
             coordination = mpi.coordination_command(flavor)
@@ -233,24 +233,45 @@ class Executor(RemoteExecutor):
         self.report_job_error(info, msg=msg, aux_logs=[str(p) for p in logs])
 
     def _fetch_logs(self, info: SubmittedJobInfo, outcome) -> list[Path]:
-        """stdout.txt/stderr.txt of the task (and of failed MPI subtasks) under .snakemake/saje_logs/."""
+        """stdout.txt/stderr.txt of the task under .snakemake/saje_logs/, and for an MPI task a
+        digest put second (so the error message's stderr tail shows it): which nodes ran the
+        task, which subtask failed, and what the ranks and the launcher wrote to stderr; then the
+        task's stderr.txt and the logs of failed subtasks."""
         target = LOG_DIR / info.aux["batch_job"] / info.external_jobid
         logs = []
         for name in ("stdout.txt", "stderr.txt"):
             if self.batch.download_task_file(info.aux["batch_job"], info.external_jobid, name, target / name):
                 logs.append(target / name)
-        if mapping.is_mpi(mapping.job_spec_from_job(info.job, "")):
-            try:
-                for sub in self.batch.subtasks(info.aux["batch_job"], info.external_jobid):
-                    if sub.exit_code not in (0, None) and sub.node_info is not None:
-                        base = f"workitems/{info.aux['batch_job']}/job-1/{info.external_jobid}"
-                        for name in ("stdout.txt", "stderr.txt"):
-                            path = target / f"subtask-{sub.id}-{name}"
-                            if self.batch.download_node_file(sub.node_info.pool_id, sub.node_info.node_id, f"{base}/{name}", path):
-                                logs.append(path)
-            except HttpResponseError:
-                pass
+        if not mapping.is_mpi(mapping.job_spec_from_job(info.job, "")):
+            return logs
+        try:
+            subtasks = self.batch.subtasks(info.aux["batch_job"], info.external_jobid)
+        except HttpResponseError:
+            subtasks = []
+        base = f"workitems/{info.aux['batch_job']}/job-1/{info.external_jobid}"
+        for sub in subtasks:
+            if sub.exit_code not in (0, None) and sub.node_info is not None:
+                for name in ("stdout.txt", "stderr.txt"):
+                    path = target / f"subtask-{sub.id}-{name}"
+                    if self.batch.download_node_file(sub.node_info.pool_id, sub.node_info.node_id, f"{base}/{name}", path):
+                        logs.append(path)
+        stderr = next((p for p in logs if p.name == "stderr.txt"), None)
+        digest = target / "mpi-failure.txt"
+        digest.parent.mkdir(parents=True, exist_ok=True)
+        digest.write_text(_mpi_failure_digest(
+            info.external_jobid, outcome, subtasks, self._node_addresses(outcome.pool_id),
+            stderr.read_text(errors="replace") if stderr else ""))
+        logs.insert(1, digest)
         return logs
+
+    def _node_addresses(self, pool_id: str | None) -> dict[str, str]:
+        """node id -> IP address (what AZ_BATCH_HOST_LIST and MPICH's messages use), best effort."""
+        if not pool_id:
+            return {}
+        try:
+            return {n.id: n.ip_address or "?" for n in self.batch.client.list_nodes(pool_id, select=["id", "ipAddress"])}
+        except HttpResponseError:
+            return {}
 
     def _check_pools(self) -> None:
         """Report each pool's resize errors and start-task failures once, with their Batch codes."""
@@ -309,11 +330,21 @@ class Executor(RemoteExecutor):
 
 
 # --------------------------------------------------------------------- helpers
-def _mpi_flavor(setting: str, launcher: str) -> mpi.MpiFlavor:
-    """The flavour from the setting, else from the rule's launcher, else Open MPI (HPC images' default)."""
+def _mpi_flavor(setting: str, launcher: str, rule: str = "?") -> mpi.MpiFlavor:
+    """The flavour from the rule's saje_mpi_flavor or --saje-mpi-flavor, else from the rule's
+    launcher, else Open MPI (what HPC images' default `mpirun` is). A launcher of another
+    resource manager (srun, ...) or an unknown flavour name is refused, naming the rule."""
+    try:
+        mpi.check_mpi_command(launcher)
+    except mpi.MpiCommandError as exc:
+        raise mpi.MpiCommandError(f"SAJE cannot run rule {rule}: {exc}") from None
     if setting and setting != "auto":
-        return mpi.MpiFlavor(setting)
-    mpi.check_mpi_command(launcher)
+        try:
+            return mpi.MpiFlavor(str(setting).lower())
+        except ValueError:
+            known = ", ".join(f.value for f in mpi.MpiFlavor)
+            raise mpi.MpiCommandError(f"SAJE cannot run rule {rule}: MPI flavour {setting!r} (resources "
+                                      f"saje_mpi_flavor or --saje-mpi-flavor) is none of auto, {known}") from None
     return mpi.detect_flavor(launcher) or mpi.MpiFlavor.OPENMPI
 
 
@@ -380,6 +411,45 @@ def _shape_of_existing(pool, pool_class: pools.PoolClass) -> mapping.PoolShape:
         memory_gib=size.memory_gib if size else None, gpus=size.gpus if size else 0,
         mpi=bool(pool.enable_inter_node_communication),
     )
+
+
+_RULE_OUTPUT_ENDS = ("RuleException", "Error in rule ", "Traceback (most recent call last)")
+
+
+def _mpi_failure_digest(task_id: str, outcome, subtasks, addresses: dict[str, str], stderr: str,
+                        keep: int = 12) -> str:
+    """What a failed MPI task's error message shows: its nodes (the primary ran the launcher,
+    subtasks the coordination command), failed subtasks, and the last `keep` lines the rule's
+    command wrote to stderr on the primary (the ranks' and the launcher's messages, without
+    Snakemake's own job header and traceback around them; a third of them from the start)."""
+    lines = stderr.replace("\x00", "").splitlines()
+    start = 0
+    for i, line in enumerate(lines):  # Snakemake's job header ends with its "resources:" line
+        if line.startswith("    resources: "):
+            start = i + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith(_RULE_OUTPUT_ENDS)), len(lines))
+    said = [ln.rstrip() for ln in lines[start:end] if ln.strip() and set(ln.strip()) != {"-"}]
+    if len(said) > keep:  # the first lines name the cause, the last ones are the launcher's summary
+        head = keep // 3
+        said = [*said[:head], f"... ({len(said) - keep + 1} lines left out, all in stderr.txt)",
+                *said[len(said) - (keep - head - 1):]]
+    out = [f"MPI task {task_id}: {1 + len(subtasks)} node(s), exit code {outcome.exit_code} on the primary"]
+    primary = outcome.node_id or "?"
+    out.append(f"  primary    node {primary} ({addresses.get(primary, '?')}): ran the MPI launcher")
+    failed = []
+    for sub in sorted(subtasks, key=lambda s: int(s.id or 0)):
+        node = sub.node_info.node_id if sub.node_info else "?"
+        code = sub.exit_code
+        state = f"coordination command exit code {code}" if code is not None else f"state {sub.state}"
+        if code not in (0, None) or sub.failure_info is not None:
+            failed.append(f"subtask {sub.id} on node {node}")
+        out.append(f"  subtask {sub.id:<3} node {node} ({addresses.get(node, '?')}): {state}")
+    if failed:
+        out.append("failed: " + ", ".join(failed) + " (its logs are among the log files below)")
+    out.append("the ranks' and the launcher's stderr on the primary (last lines):" if said
+               else "nothing on stderr from the ranks or the launcher")
+    out.extend(f"  {ln}" for ln in said)
+    return "\n".join(out) + "\n"
 
 
 def _tail(path: Path, lines: int = 20) -> str:
