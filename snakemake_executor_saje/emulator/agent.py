@@ -74,10 +74,11 @@ class NodeAgent:
     # ----------------------------------------------------------------- nodes
     def register_node(self, node: Node) -> None:
         NodeLayout(Path(node.root)).create()
-        ssh_shim.register_host(self.data_dir, node.address, {
-            "node_id": node.id, "pool_id": node.pool_id, "root": node.root,
-            "hostname": self.hostname(node),
-        })
+        record = {"node_id": node.id, "pool_id": node.pool_id, "root": node.root, "hostname": self.hostname(node)}
+        image_env = self.image_environment(node)
+        if image_env:  # ssh sessions into the node see the image too (PATH comes from the caller)
+            record["env"] = {k: v for k, v in image_env.items() if k != "PATH"}
+        ssh_shim.register_host(self.data_dir, node.address, record)
 
     @staticmethod
     def hostname(node: Node) -> str:
@@ -95,11 +96,36 @@ class NodeAgent:
             self._kill_key(key, "shutdown")
 
     # ----------------------------------------------------------------- environment
+    def image_root(self, node: Node) -> Path | None:
+        """The directory of the node's gallery image (ARM side), or None for marketplace images."""
+        resolve = self.state.gallery_image_root
+        pool = self.state.pools.get(node.pool_id)
+        if resolve is None or pool is None:
+            return None
+        image = ((pool.rest.get("virtualMachineConfiguration") or {}).get("imageReference") or {})
+        image_id = image.get("virtualMachineImageId")
+        return resolve(image_id) if image_id else None
+
+    def image_environment(self, node: Node) -> dict[str, str]:
+        """What a node made from a gallery image sees of it: what its provisioning scripts installed
+        under ${SAJE_VM_ROOT}/usr/local comes first on PATH and LD_LIBRARY_PATH."""
+        root = self.image_root(node)
+        if root is None:
+            return {}
+        library = [str(root / "usr/local/lib"), os.environ.get("LD_LIBRARY_PATH", "")]
+        return {"PATH": os.pathsep.join([str(root / "usr/local/bin"), str(root / "usr/bin")]),
+                "LD_LIBRARY_PATH": os.pathsep.join(p for p in library if p),
+                "SAJE_IMAGE_ROOT": str(root), "SAJE_VM_ROOT": str(root)}
+
     def base_environment(self, node: Node) -> dict[str, str]:
         env = {k: os.environ[k] for k in HOST_VARIABLES if k in os.environ}
-        # The node "image" carries the emulator's own Python (snakemake, MPI wheels) and ssh.
-        path = [str(self.bin_dir), str(Path(sys.executable).parent), env.get("PATH", os.defpath)]
+        # The node "image" carries the emulator's own Python (snakemake, MPI wheels) and ssh;
+        # a gallery image's own files come first.
+        image = self.image_environment(node)
+        path = [str(self.bin_dir), *([image.pop("PATH")] if image else []), str(Path(sys.executable).parent),
+                env.get("PATH", os.defpath)]
         env["PATH"] = os.pathsep.join(path)
+        env.update(image)
         env.update(ssh_shim.emulated_node_mpi_environment())
         env.update(ssh_shim.node_environment(node.address, {
             "node_id": node.id, "pool_id": node.pool_id, "root": node.root, "hostname": self.hostname(node),

@@ -10,6 +10,7 @@ import copy
 import re
 import threading
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import catalogue
@@ -100,6 +101,9 @@ class BatchState:
         self.on_job_release: Callable[[Job, list[Node]], None] | None = None
         # Validation of images the ARM side knows (Compute Gallery versions); None accepts none.
         self.gallery_image_exists: Callable[[str], bool] | None = None
+        # The root directory of a gallery image (what its build VM's provisioning installed), or
+        # None: nodes of pools made from it see <root>/usr/local/bin on PATH (agent.image_environment).
+        self.gallery_image_root: Callable[[str], Path | None] | None = None
         self._load()
 
     # ----------------------------------------------------------------- persistence

@@ -103,6 +103,7 @@ class ArmService:
                             "microsoft.compute": self.compute}
         # Pools of the Batch data plane may use gallery image versions made here.
         self.state.gallery_image_exists = self.compute.image_usable_by_batch
+        self.state.gallery_image_root = self.compute.image_root
 
     # ----------------------------------------------------------------- public helpers
     @property
