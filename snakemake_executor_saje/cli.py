@@ -4,6 +4,8 @@
     saje job list|status|logs|delete        Batch jobs, failed tasks, logs (commands/job.py)
     saje status                             pools, nodes, jobs, hourly cost (commands/status.py)
     saje emulator start|run|status|stop     the local Batch emulator (commands/emulator.py)
+    saje deploy|teardown                    the Azure resources SAJE needs (commands/deploy.py)
+    saje image create|test                  RDMA/MPI node images (commands/image.py)
 
 Global options (--profile, --account-url, --credentials-file, --json) go before or after the
 command words. Exit codes: 0 ok, 1 failed at Azure, 2 usage, 3 not found, 4 credentials or
