@@ -1,8 +1,10 @@
 """The one I/O edge to the Batch service: bulk create, one filtered list per poll, logs, cleanup.
 
 Everything here is a thin call on `azure.batch.BatchClient`; retries (429/503 with Retry-After,
-dropped connections) are the SDK's own retry policy. Task creation is idempotent: a retried
-chunk whose tasks already exist counts them as created (TaskExists), so no duplicate task runs.
+dropped connections) are the SDK's own retry policy, told that POST is safe to retry here (see
+`BatchRetryPolicy`). Creation is idempotent: every pool, job and task SAJE creates has an id of
+its own choosing, and a retried create that finds it already there (PoolExists, JobExists,
+TaskExists) counts as done, so no duplicate task runs.
 """
 from __future__ import annotations
 
@@ -10,17 +12,43 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from azure.batch import BatchClient, models
 from azure.batch.models import CreateTasksError
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.policies import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 # What a poll needs of a task; keeping the list short keeps each poll cheap at 10,000 tasks.
 POLL_FIELDS = ["id", "state", "stateTransitionTime", "executionInfo", "nodeInfo"]
 CREATE_CONCURRENCY = 4
+
+
+class BatchRetryPolicy(RetryPolicy):
+    """azure-core's retry policy (Retry-After, exponential backoff), for POST too, and longer.
+
+    azure-core retries a POST only on 500/503/504, never on 429 nor on a dropped reply, because a
+    POST may not be idempotent. Batch throttles with 429, and every POST SAJE makes is either a
+    create with a client-chosen id (a repeat gets ...Exists, which `BatchGateway` takes as done)
+    or a terminate (idempotent), so retrying them is safe. Batch can throttle for a while:
+    status retries go from 3 to 10 (of 10 in all).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("retry_status", 10)
+        super().__init__(**kwargs)
+
+    def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
+        settings = super().configure_retries(options)
+        settings["methods"] = frozenset(settings["methods"]) | {"POST"}
+        return settings
+
+
+def connect(endpoint: str, credential: Any) -> BatchClient:
+    """The BatchClient SAJE uses: the SDK's client with `BatchRetryPolicy`."""
+    return BatchClient(endpoint, credential, retry_policy=BatchRetryPolicy())
 
 
 class BatchSubmitError(Exception):
@@ -109,9 +137,14 @@ class BatchGateway:
         except ResourceNotFoundError:
             pass
 
-    def terminate_job(self, job_id: str) -> None:
+    def terminate_job(self, job_id: str, reason: str = "SAJE: run cancelled") -> None:
+        """Terminate the job, and with it every running task: one call, however many tasks.
+
+        Not waited for: the caller deletes the job next. (azure-batch 15.1 fails before sending
+        the request when no options body is given, hence the explicit one.)
+        """
         try:
-            self.client.begin_terminate_job(job_id).result()
+            self.client.begin_terminate_job(job_id, models.BatchJobTerminateOptions(termination_reason=reason))
         except (ResourceNotFoundError, ResourceExistsError):
             pass
         except HttpResponseError as exc:
@@ -143,15 +176,6 @@ class BatchGateway:
 
     def subtasks(self, job_id: str, task_id: str) -> list[models.BatchSubtask]:
         return list(self.client.list_subtasks(job_id, task_id))
-
-    def terminate_tasks(self, job_id: str, task_ids: Iterable[str]) -> None:
-        for task_id in task_ids:
-            try:
-                self.client.terminate_task(job_id, task_id)
-            except (ResourceNotFoundError, ResourceExistsError):
-                pass
-            except HttpResponseError as exc:
-                log.warning("terminating task %s failed: %s", task_id, exc.message)
 
     def download_task_file(self, job_id: str, task_id: str, name: str, target: Path) -> bool:
         try:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncGenerator, List
 
-from azure.batch import BatchClient
 from azure.core.exceptions import HttpResponseError
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
@@ -26,6 +25,7 @@ from snakemake_interface_executor_plugins.utils import format_cli_arg
 
 from . import credentials, mapping, mpi, pools
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of
+from .batch import connect as batch_connect
 from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
 from .staging import Staging
 
@@ -53,7 +53,7 @@ class Executor(RemoteExecutor):
             credential = credentials.resolve_batch_credential(self.settings)
         except credentials.CredentialsError as exc:
             raise WorkflowError(f"SAJE cannot reach Azure Batch: {exc}") from None
-        self.batch = BatchGateway(BatchClient(endpoint, credential))
+        self.batch = BatchGateway(batch_connect(endpoint, credential))
         self.emulated = _is_loopback(endpoint)
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.uses: dict[str, PoolUse] = {}
@@ -63,6 +63,7 @@ class Executor(RemoteExecutor):
         self.last_pool_check = 0.0
         self.uses_default_storage = bool(self.workflow.storage_settings.default_storage_provider)
         self.next_seconds_between_status_checks = float(self.settings.poll_interval)
+        _check_preemptible_settings(self.workflow.remote_execution_settings)
 
     # ----------------------------------------------------------------- submission
     def run_job(self, job: JobExecutorInterface) -> None:
@@ -86,8 +87,7 @@ class Executor(RemoteExecutor):
                 self.report_job_submission(info)
 
     def _prepare(self, job: JobExecutorInterface):
-        preemptible = bool(getattr(job, "is_preemptible", lambda: False)()) if callable(getattr(job, "is_preemptible", None)) else False
-        spec = mapping.job_spec_from_job(job, self._job_command(job), preemptible=preemptible or _rule_preemptible(self.workflow, job))
+        spec = mapping.job_spec_from_job(job, self._job_command(job), preemptible=_preemptible(self.workflow, job))
         use = self._pool_for(spec)
         task_key = mapping.task_id(spec.rule, spec.jobid, spec.attempt)
         plan = mapping.plan_mpi(spec, use.shape, self.settings.mpi_flavor) if mapping.is_mpi(spec) else None
@@ -137,10 +137,13 @@ class Executor(RemoteExecutor):
         return command
 
     def _retries(self, spec: mapping.JobSpec) -> int:
-        retries = int(self.settings.task_retries)
-        if spec.preemptible:
-            retries = max(retries, int(getattr(self.workflow.remote_execution_settings, "preemptible_retries", 0) or 0))
-        return retries
+        """Batch's own retries of a failed task (--saje-task-retries), on the same task id.
+
+        Snakemake's --retries and --preemptible-retries are Snakemake's: a failed job comes back
+        with job.attempt + 1, hence a new task id (`<rule>-<jobid>-a<attempt>`). A preempted Spot
+        node's task is requeued by Batch itself, which does not count it as a retry.
+        """
+        return int(self.settings.task_retries)
 
     # ----------------------------------------------------------------- pools and jobs
     def _pool_for(self, spec: mapping.JobSpec) -> PoolUse:
@@ -149,7 +152,6 @@ class Executor(RemoteExecutor):
         use = self.uses.get(key)
         if use is not None:
             return use
-        self._ensure_staging()
         pool_id = pools.pool_id_for(pool_class, self.run_id)
         if pool_class.existing_pool_id:
             if not self.batch.pool_exists(pool_id):
@@ -158,16 +160,20 @@ class Executor(RemoteExecutor):
                     "create it (saje pool create) or leave the setting out so SAJE creates one for the run."
                 )
             shape = _shape_of_existing(self.batch.get_pool(pool_id), pool_class)
+            mapping.check_fits(spec, shape)
+            self._ensure_staging()
             created = False
         else:
+            # Everything that can refuse the job runs before anything is created or uploaded.
             shape = pools.pool_shape(pool_class, self.settings, pool_id)
-            _check_fits(spec, shape)
+            mapping.check_fits(spec, shape)
             version = self.settings.snakemake_version or _snakemake_version()
             spec_request = pools.pool_spec(
                 pool_class, self.settings, self.run_id, snakemake_version=version,
                 instances_per_task=max(1, int(spec.resources.get("nodes") or 1)),
                 min_autoscale_interval=0.0 if self.emulated else AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES,
             )
+            self._ensure_staging()
             try:
                 created = self.batch.create_pool(spec_request)
             except HttpResponseError as exc:
@@ -298,12 +304,13 @@ class Executor(RemoteExecutor):
 
     # ----------------------------------------------------------------- cancel and cleanup
     def cancel_jobs(self, active_jobs: List[SubmittedJobInfo]) -> None:
-        by_job: dict[str, list[str]] = {}
-        for info in active_jobs:
-            by_job.setdefault(info.aux["batch_job"], []).append(info.external_jobid)
-        for job_id, task_ids in by_job.items():
-            self.batch.terminate_tasks(job_id, task_ids)
-            self.batch.terminate_job(job_id)
+        """Ctrl-C or an error: terminate every Batch job of the run (and so its running tasks),
+        one call per Batch job; `shutdown`, which Snakemake calls next, deletes jobs and pools."""
+        for use in list(self.uses.values()):
+            try:
+                self.batch.terminate_job(use.job_id)
+            except Exception as exc:  # cancelling must never stop the clean-up that follows
+                self.logger.warning(f"SAJE: could not terminate Batch job {use.job_id}: {exc}")
 
     def shutdown(self) -> None:
         try:
@@ -312,21 +319,30 @@ class Executor(RemoteExecutor):
             self.cleanup()
 
     def cleanup(self) -> None:
-        """Delete the run's Batch jobs, the pools it created (unless keep-pool) and staged blobs."""
-        for use in self.uses.values():
-            self.batch.delete_job(use.job_id)
+        """Delete the run's Batch jobs, the pools it created (unless keep-pool) and staged blobs.
+
+        Each deletion is tried whatever happened to the others: one failure must not leave the
+        rest costing money. Deleting a job also terminates its running tasks.
+        """
+        for use in list(self.uses.values()):
+            self._try(f"delete Batch job {use.job_id}", self.batch.delete_job, use.job_id)
             if use.created and not self.settings.keep_pool:
-                self.batch.delete_pool(use.pool_id)
-                self.logger.info(f"SAJE: pool {use.pool_id} deleted.")
+                if self._try(f"delete pool {use.pool_id}", self.batch.delete_pool, use.pool_id):
+                    self.logger.info(f"SAJE: pool {use.pool_id} deleted.")
             elif use.created:
                 self.logger.info(f"SAJE: pool {use.pool_id} kept (--saje-keep-pool); delete it with: saje pool delete {use.pool_id}")
         self.uses.clear()
         if self.staging is not None:
-            try:
-                self.staging.delete()
-            except Exception as exc:  # cleanup must not mask the run's own outcome
-                self.logger.warning(f"SAJE: could not delete staging container {self.staging.container}: {exc}")
+            self._try(f"delete staging container {self.staging.container}", self.staging.delete)
             self.staging = None
+
+    def _try(self, what: str, action, *args) -> bool:
+        try:
+            action(*args)
+            return True
+        except Exception as exc:  # clean-up must not mask the run's own outcome
+            self.logger.warning(f"SAJE: could not {what}: {exc}")
+            return False
 
 
 # --------------------------------------------------------------------- helpers
@@ -359,15 +375,22 @@ def _snakemake_version() -> str:
     return __version__
 
 
-def _rule_preemptible(workflow, job) -> bool:
-    settings = getattr(workflow, "remote_execution_settings", None)
-    rules = getattr(settings, "preemptible_rules", None)
+def _check_preemptible_settings(remote) -> None:
+    rules = getattr(remote, "preemptible_rules", None)
+    if rules is not None and (rules.all or rules.rules) and getattr(remote, "preemptible_retries", 0) is None:
+        # Snakemake takes a preemptible rule's restart count from --preemptible-retries alone, and
+        # fails with a TypeError on that rule's first error when it is unset.
+        raise WorkflowError("SAJE: --preemptible-rules needs --preemptible-retries N too (0 for no retries): "
+                            "Snakemake takes the retries of those rules from that setting only.")
+
+
+def _preemptible(workflow, job) -> bool:
+    """--preemptible-rules: a job goes to Spot nodes when its rule (every rule of a group) is listed."""
+    rules = getattr(getattr(workflow, "remote_execution_settings", None), "preemptible_rules", None)
     if rules is None:
         return False
-    try:
-        return bool(rules.is_preemptible(job.rule.name)) if not job.is_group() else False
-    except AttributeError:
-        return False
+    names = list(getattr(job, "rules", None) or [job.name])
+    return all(rules.is_preemptible(name) for name in names)
 
 
 def _local_paths(files) -> list[str]:
@@ -391,13 +414,6 @@ def _output_paths(job: JobExecutorInterface) -> list[str]:
             if path not in paths:
                 paths.append(path)
     return paths
-
-
-def _check_fits(spec: mapping.JobSpec, shape: mapping.PoolShape) -> None:
-    if mapping.is_mpi(spec):
-        mapping.plan_mpi(spec, shape)
-    else:
-        mapping.required_slots(spec, shape)
 
 
 def _shape_of_existing(pool, pool_class: pools.PoolClass) -> mapping.PoolShape:

@@ -43,6 +43,7 @@ __all__ = [
     "command_line",
     "required_slots",
     "plan_mpi",
+    "check_fits",
     "task_request",
 ]
 
@@ -357,6 +358,27 @@ def plan_mpi(job: JobSpec, pool: PoolShape, default_flavor: str = "auto") -> Mpi
     )
 
 
+def check_fits(job: JobSpec, pool: PoolShape) -> None:
+    """Raise JobMappingError unless ``job`` fits ``pool``: memory and GPUs per node, then
+    slots (threads) or, for MPI, the nodes and ranks it asks for. What ``task_request``
+    checks, callable before anything (a pool, a task) is created."""
+    _check_fits_node(job, pool)
+    if is_mpi(job):
+        _check_mpi_pool(job, pool)
+        plan_mpi(job, pool)
+    else:
+        required_slots(job, pool)
+
+
+def _check_mpi_pool(job: JobSpec, pool: PoolShape) -> None:
+    if not pool.mpi:
+        raise _fail(
+            job,
+            f"it is an MPI job, but {_pool_desc(pool)}) has no inter-node"
+            " communication; MPI jobs need an MPI pool.",
+        )
+
+
 def _runtime_minutes(job: JobSpec) -> int | None:
     value = job.resources.get("runtime")
     if value is None or isinstance(value, bool):
@@ -396,12 +418,7 @@ def task_request(
     """
     _check_fits_node(job, pool)
     if is_mpi(job):
-        if not pool.mpi:
-            raise _fail(
-                job,
-                f"it is an MPI job, but {_pool_desc(pool)}) has no inter-node"
-                " communication; MPI jobs need an MPI pool.",
-            )
+        _check_mpi_pool(job, pool)
         plan = mpi or plan_mpi(job, pool, options.default_mpi_flavor)
         slots = 1  # Batch requires requiredSlots=1 for multi-instance tasks
         multi = models.MultiInstanceSettings(

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 from urllib.parse import quote
 
 from azure.batch import models
+from snakemake_interface_common.exceptions import WorkflowError
 from azure.storage.blob import (
     BlobServiceClient,
     ContainerSasPermissions,
@@ -211,8 +212,8 @@ class Staging:
             pass
 
 
-class StagingError(Exception):
-    pass
+class StagingError(WorkflowError):
+    """Staging cannot work as configured; the message says what to set."""
 
 
 def _expand(path: Path) -> list[Path]:

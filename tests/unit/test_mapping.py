@@ -15,6 +15,7 @@ from snakemake_executor_saje.mapping import (
     MpiPlan,
     PoolShape,
     TaskOptions,
+    check_fits,
     command_line,
     is_mpi,
     job_spec_from_job,
@@ -139,6 +140,25 @@ def test_gpus_beyond_the_node_are_refused():
     with pytest.raises(JobMappingError, match="1 GPUs.*0 GPUs"):
         task_request(job(resources={"gpu": 1}), HTC)
     assert task_request(job(resources={"gpu": 0}), HTC).required_slots == 1
+
+
+@pytest.mark.parametrize("spec, pool, fragment", [
+    (job(threads=8), HTC, "8 threads"),
+    (job(resources={"mem_mb": 20000}), HTC, "mem_mb=20000"),
+    (job(resources={"gpus": 2}), HTC, "2 GPUs"),
+    (mpi_job(nodes=9), MPI, "grows to at most 8"),
+    (mpi_job(tasks=4), HTC, "no inter-node communication"),
+])
+def test_check_fits_refuses_what_task_request_refuses(spec, pool, fragment):
+    """check_fits runs before a pool or task is created; it must refuse all task_request would."""
+    for check in (check_fits, task_request):
+        with pytest.raises(JobMappingError, match=fragment):
+            check(spec, pool)
+
+
+def test_check_fits_accepts_a_job_that_fits():
+    check_fits(job(threads=4, resources={"mem_mb": 16 * 1024}), HTC)
+    check_fits(mpi_job(nodes=8), MPI)
 
 
 def test_wall_clock_falls_back_to_setting_and_runtime_wins():
