@@ -165,10 +165,8 @@ def register(commands, parents) -> None:
     p.set_defaults(func=deploy)
     t = commands.add_parser("teardown", parents=parents, help="delete what `saje deploy` created, and only that",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--name", default="saje", help="the deployment (default saje)")
-    t.add_argument("--saje-json", metavar="FILE", help="the credentials file deploy wrote the entry to")
+    _deploy_options(t)  # the same options as deploy, so one command line serves both; the markers decide
     t.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    connection_options(t)
     t.set_defaults(func=teardown)
 
 

@@ -120,6 +120,10 @@ def _call(p: Plan, doing: str, fn: Callable[[], Any]) -> Any:
         raise explain(exc, doing, state_hint=_hint(p)) from None
 
 
+def _value(x: Any) -> str:
+    return str(getattr(x, "value", x))
+
+
 def _existing(p: Plan, doing: str, get: Callable[[], Any]) -> Any:
     """What ``get`` returns, or None when Azure answers 404."""
     from azure.core.exceptions import AzureError
@@ -155,9 +159,9 @@ def register_provider(arm: Arm, p: Plan, run_id: str, *, namespace: str = "Micro
 
 def ensure_resource_group(arm: Arm, p: Plan, run_id: str) -> dict[str, Any]:
     groups = arm.resource.resource_groups
-    exists = _call(p, f"looking for resource group {p.resource_group}", lambda: groups.check_existence(p.resource_group))
-    if exists:
-        group = _call(p, f"reading resource group {p.resource_group}", lambda: groups.get(p.resource_group))
+    # GET rather than HEAD: a refusal then carries ARM's error body (AuthorizationFailed names the action).
+    group = _existing(p, f"reading resource group {p.resource_group}", lambda: groups.get(p.resource_group))
+    if group is not None:
         return _base(p, "resource_group", group.id, group.name, False, run_id, location=group.location)
     group = _call(p, f"creating resource group {p.resource_group}", lambda: groups.create_or_update(
         p.resource_group, {"location": p.location, "tags": p.tags}))
@@ -235,7 +239,7 @@ def ensure_storage(arm: Arm, p: Plan, run_id: str) -> dict[str, Any]:
     check = _call(p, "checking the storage account name", lambda: accounts.check_name_availability(
         {"name": p.storage_account, "type": "Microsoft.Storage/storageAccounts"}))
     if not check.name_available:
-        raise SetupError(f"Storage account name {p.storage_account!r} is not available ({check.reason}:"
+        raise SetupError(f"Storage account name {p.storage_account!r} is not available ({_value(check.reason)}:"
                          f" {check.message}). Storage names are unique across all of Azure: choose another"
                          " (storage_account in the config, --storage-account).")
     account = _call(p, f"creating storage account {p.storage_account}", lambda: accounts.begin_create(
@@ -277,7 +281,7 @@ def ensure_batch_account(arm: Arm, p: Plan, run_id: str, storage: Mapping[str, A
         p.location, {"name": p.batch_account, "type": "Microsoft.Batch/batchAccounts"}))
     if not check.name_available:
         raise SetupError(f"Batch account name {p.batch_account!r} is not available in {p.location}"
-                         f" ({check.reason}: {check.message}). Choose another (batch_account, --batch-account).")
+                         f" ({_value(check.reason)}: {check.message}). Choose another (batch_account, --batch-account).")
     body = {"location": p.location, "tags": p.tags, "properties": {
         "autoStorage": {"storageAccountId": storage["id"]}, "poolAllocationMode": p.pool_allocation_mode}}
     account = _call(p, f"creating Batch account {p.batch_account}", lambda: accounts.begin_create(
@@ -453,6 +457,9 @@ def _undo(arm: Arm, p: Plan, select: Callable[[Mapping[str, Any]], bool], log: C
             _delete(arm, p, record, log)
             removed.append(step)
         p.marker(step).unlink(missing_ok=True)
+    if group_goes:  # whatever the other markers said was inside the group is gone with it
+        for step in STEPS[1:]:
+            p.marker(step).unlink(missing_ok=True)
     return removed
 
 

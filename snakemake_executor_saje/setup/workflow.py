@@ -2,6 +2,7 @@
 turns a step's result into a marker and a SetupError into the rule's error (its message only)."""
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -10,21 +11,28 @@ from typing import Any, Callable, Mapping
 from .clients import Arm
 from .markers import SetupError, write_marker
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "RUN_ID_VARIABLE"]
+
+RUN_ID_VARIABLE = "SAJE_SETUP_RUN_ID"
 
 
 class Runner:
     def __init__(self, config: Mapping[str, Any], prefix: str):
         self.config = config
         self.prefix = prefix
-        self.run_id = str(config.get("run_id") or uuid.uuid4().hex[:12])
+        # Snakemake runs each job in a child process that parses the Snakefile again: the run id comes
+        # from the environment the main process set, so every job of one run shares it.
+        self.run_id = str(config.get("run_id") or os.environ.setdefault(RUN_ID_VARIABLE, uuid.uuid4().hex[:12]))
         self._arm: Arm | None = None
         self._lock = threading.Lock()
-        self.tearing_down = False
 
-    @property
-    def connected(self) -> bool:
-        return self._arm is not None
+    def after_error(self, action: Callable[[], Any]) -> None:
+        """An onerror clean-up: it runs in Snakemake's main process (the jobs ran in children), and
+        whatever goes wrong in it is reported, not raised over the original error."""
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - the original failure is what the user must see
+            self.say(f"clean-up after the failure incomplete: {exc}")
 
     def arm(self) -> Arm:
         """The run's ARM connection, made on first use (so --dry-run, --dag and --summary make none)."""
