@@ -42,6 +42,7 @@ __all__ = [
     "resolve_credential",
     "resolve_batch_credential",
     "resolve_batch_account_url",
+    "resolve_storage_credential",
 ]
 
 DEFAULT_CREDENTIALS_FILE = Path("~/.azure/saje.json")
@@ -253,6 +254,17 @@ def resolve_batch_credential(settings: Any) -> BatchCredential:
         " (tenant_id, client_id, secret) nor a shared key (batch_account_name,"
         " batch_account_key)."
     )
+
+
+def resolve_storage_credential(settings: Any) -> "TokenCredential":
+    """The Entra credential SAJE stages blobs with: the profile's service principal (the
+    identity the run already uses for Batch), else DefaultAzureCredential."""
+    profile_name = _setting(settings, "credential_profile")
+    if profile_name:
+        profile = get_profile(profile_name, _setting(settings, "credentials_file"))
+        if profile.has_service_principal:
+            return resolve_credential(profile, purpose="batch")
+    return resolve_credential(None)
 
 
 def resolve_batch_account_url(settings: Any) -> str:

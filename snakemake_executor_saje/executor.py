@@ -12,6 +12,7 @@ import re
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncGenerator, List
@@ -31,6 +32,7 @@ from .staging import Staging
 
 LOG_DIR = Path(".snakemake") / "saje_logs"
 POOL_CHECK_SECONDS = 20.0
+DOWNLOAD_CONCURRENCY = 8
 
 
 @dataclass
@@ -169,7 +171,7 @@ class Executor(RemoteExecutor):
             mapping.check_fits(spec, shape)
             version = self.settings.snakemake_version or _snakemake_version()
             spec_request = pools.pool_spec(
-                pool_class, self.settings, self.run_id, snakemake_version=version,
+                pool_class, self.settings, self.run_id, snakemake_version=version, pip_packages=self._node_packages(),
                 instances_per_task=max(1, int(spec.resources.get("nodes") or 1)),
                 min_autoscale_interval=0.0 if self.emulated else AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES,
             )
@@ -185,10 +187,30 @@ class Executor(RemoteExecutor):
         self.batch.ensure_job(job_id, pool_id, display_name=f"snakemake run {self.run_id}")
         return use
 
+    def _node_packages(self) -> list[str]:
+        """What the start task installs beside Snakemake (--saje-snakemake-install pip): the default
+        storage provider's plugin, pinned to the version here, which the node's Snakemake needs."""
+        provider = self.workflow.storage_settings.default_storage_provider
+        if not provider:
+            return []
+        from importlib.metadata import PackageNotFoundError, version
+
+        from snakemake_interface_storage_plugins.registry import StoragePluginRegistry
+
+        package = StoragePluginRegistry().get_plugin_package_name(provider)
+        try:
+            return [f"{package}=={version(package)}"]
+        except PackageNotFoundError:
+            return [package]
+
     def _ensure_staging(self) -> None:
         if self.staging is not None:
             return
-        self.staging = Staging.connect(self.run_id, account_url=self.settings.storage_account_url)
+        credential = None
+        if self.settings.storage_account_url and not os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
+            credential = credentials.resolve_storage_credential(self.settings)
+        self.staging = Staging.connect(self.run_id, account_url=self.settings.storage_account_url,
+                                       credential=credential, prefix=self.settings.storage_container)
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / "snakemake-workflow-sources.tar.xz"
             self.workflow.write_source_archive(archive)
@@ -212,18 +234,37 @@ class Executor(RemoteExecutor):
                     return
         self.last_poll = poll_started
         self._check_pools()
+        finished = []
         for info in active_jobs:
             task = completed.get(info.external_jobid)
             if task is None:
                 yield info
-                continue
-            self._finish(info, outcome_of(task))
+            else:
+                finished.append((info, outcome_of(task)))
+        missing = self._bring_outputs_back([info for info, outcome in finished if outcome.succeeded])
+        for info, outcome in finished:
+            self._finish(info, outcome, missing.get(info.external_jobid, []))
 
-    def _finish(self, info: SubmittedJobInfo, outcome) -> None:
+    def _bring_outputs_back(self, infos: list[SubmittedJobInfo]) -> dict[str, list[str]]:
+        """Route (b): download the outputs of the jobs whose tasks succeeded, several at once;
+        task id -> outputs that never reached blob storage."""
+        if self.staging is None or self.uses_default_storage or not infos:
+            return {}
+        staging = self.staging
+
+        def fetch(info: SubmittedJobInfo) -> tuple[str, list[str]]:
+            try:
+                return info.external_jobid, staging.download_outputs(info.external_jobid, _output_paths(info.job))
+            except Exception as exc:  # the job fails with the reason; the run goes on
+                return info.external_jobid, [f"(download failed: {exc})"]
+
+        if len(infos) == 1:
+            return dict([fetch(infos[0])])
+        with ThreadPoolExecutor(max_workers=DOWNLOAD_CONCURRENCY) as pool:
+            return dict(pool.map(fetch, infos))
+
+    def _finish(self, info: SubmittedJobInfo, outcome, missing: list[str]) -> None:
         if outcome.succeeded:
-            missing = []
-            if self.staging is not None and not self.uses_default_storage:
-                missing = self.staging.download_outputs(info.external_jobid, _output_paths(info.job))
             if missing:
                 self.report_job_error(info, msg=f"SAJE: task {info.external_jobid} succeeded but these outputs never reached "
                                                 f"blob storage: {', '.join(missing)}")

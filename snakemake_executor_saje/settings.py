@@ -216,21 +216,27 @@ class ExecutorSettings(ExecutorSettingsBase):
     storage_account_url: Optional[str] = field(
         default=None,
         metadata=_help(
-            "Blob endpoint used to stage sources and files when no default storage"
-            " provider is set, e.g. https://acct.blob.core.windows.net.",
+            "Blob endpoint SAJE stages through, e.g. https://acct.blob.core.windows.net:"
+            " the workflow sources in every run, and input and output files too when"
+            " no default storage provider is set. AZURE_STORAGE_CONNECTION_STRING, when"
+            " set, is used instead.",
             env=True,
         ),
     )
     storage_container: str = field(
         default="saje",
-        metadata=_help("Blob container for staging; each run writes under its own prefix."),
+        metadata=_help(
+            "Name prefix of the blob container each run stages through"
+            " (<prefix>-<run id>); the run deletes it at the end."
+        ),
     )
     # --- tasks --------------------------------------------------------------------
     task_retries: int = field(
         default=0,
         metadata=_help(
-            "Times Batch retries a failed task (Snakemake's --retries and"
-            " --preemptible-retries are honoured on top)."
+            "Times Batch itself retries a failed task, on the same node-side task id"
+            " (-1: no limit). Snakemake's --retries and --preemptible-retries are"
+            " separate: each Snakemake retry is a new task."
         ),
     )
     max_wall_clock: Optional[int] = field(

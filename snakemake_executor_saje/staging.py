@@ -1,7 +1,8 @@
 """Workflow sources and local files to and from blob storage, for runs without default storage.
 
-Each run gets its own container (`saje-<run id>`): the source archive and input files go up once,
-tasks get them as Batch resource files through a read-only SAS, and write their outputs back as
+Each run gets its own container (`<--saje-storage-container>-<run id>`, `saje-...` by default), so
+that a run's SAS tokens reach nothing of another run's. The source archive (both data routes) and,
+without default storage, the input files go up once; tasks get them as Batch resource files through a read-only SAS, and write their outputs back as
 Batch output files through a create/write-only SAS on that container. The executor downloads a
 job's outputs only after its task succeeded, to a temporary name first, so a half-written output
 is never taken as done. SAS tokens are short-lived and never logged.
@@ -37,9 +38,9 @@ SAS_LIFETIME = dt.timedelta(hours=12)
 _CONTAINER_CHARS = re.compile(r"[^a-z0-9-]")
 
 
-def container_name_for(run_id: str) -> str:
+def container_name_for(run_id: str, prefix: str = "saje") -> str:
     """A valid container name (3-63 chars, lowercase, digits, single hyphens) for a run."""
-    name = _CONTAINER_CHARS.sub("-", f"saje-{run_id}".lower())
+    name = _CONTAINER_CHARS.sub("-", f"{prefix}-{run_id}".lower())
     name = re.sub("-+", "-", name).strip("-")
     if len(name) > 63:
         digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
@@ -65,7 +66,8 @@ class Staging:
     _sas: dict[str, tuple[dt.datetime, str]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def connect(cls, run_id: str, *, account_url: str | None, credential: Any = None) -> "Staging":
+    def connect(cls, run_id: str, *, account_url: str | None, credential: Any = None,
+                prefix: str = "saje") -> "Staging":
         connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         if connection_string:
             service = BlobServiceClient.from_connection_string(connection_string)
@@ -83,7 +85,7 @@ class Staging:
                 "needs a blob account. Set --saje-storage-account-url (with az login or a managed identity), or "
                 "AZURE_STORAGE_CONNECTION_STRING, or use --default-storage-provider azure."
             )
-        staging = cls(service, container_name_for(run_id), key)
+        staging = cls(service, container_name_for(run_id, prefix), key)
         staging._create_container()
         return staging
 
@@ -188,20 +190,25 @@ class Staging:
                 for name in names:
                     self._download(container, name, Path(path.rstrip("/")) / name[len(prefix) + 1:])
                 continue
-            blob = container.get_blob_client(prefix)
-            if not blob.exists():
+            if not self._download(container, prefix, Path(path)):
                 missing.append(path)
-                continue
-            self._download(container, prefix, Path(path))
         return missing
 
     @staticmethod
-    def _download(container, name: str, target: Path) -> None:
+    def _download(container, name: str, target: Path) -> bool:
+        """One blob to `target` (through a temporary name); False if there is no such blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            stream = container.download_blob(name)
+        except ResourceNotFoundError:
+            return False
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.saje-partial")
         with open(partial, "wb") as out:
-            container.download_blob(name).readinto(out)
+            stream.readinto(out)
         os.replace(partial, target)
+        return True
 
     def delete(self) -> None:
         from azure.core.exceptions import ResourceNotFoundError

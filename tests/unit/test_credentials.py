@@ -19,6 +19,7 @@ from snakemake_executor_saje.credentials import (
     resolve_batch_account_url,
     resolve_batch_credential,
     resolve_credential,
+    resolve_storage_credential,
 )
 
 SECRET = "S3CRET-value-never-shown"
@@ -188,6 +189,17 @@ def test_no_profile_means_default_azure_credential():
 
     assert isinstance(resolve_batch_credential(SimpleNamespace()), DefaultAzureCredential)
     assert isinstance(resolve_credential(None), DefaultAzureCredential)
+
+
+def test_staging_uses_the_profile_service_principal_else_default(tmp_path):
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential
+
+    path = write(tmp_path, DOC)
+    batch = SimpleNamespace(credential_profile="batch", credentials_file=path)
+    assert isinstance(resolve_storage_credential(batch), ClientSecretCredential)
+    shared_key_only = SimpleNamespace(credential_profile="emulator", credentials_file=path)
+    assert isinstance(resolve_storage_credential(shared_key_only), DefaultAzureCredential)
+    assert isinstance(resolve_storage_credential(SimpleNamespace()), DefaultAzureCredential)
 
 
 def test_account_url_setting_wins_and_missing_url_is_explained():
