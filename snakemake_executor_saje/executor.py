@@ -219,6 +219,10 @@ class Executor(RemoteExecutor):
     # ----------------------------------------------------------------- status
     async def check_active_jobs(self, active_jobs: List[SubmittedJobInfo]) -> AsyncGenerator[SubmittedJobInfo, None]:
         """One list call per Batch job per poll (one job in the usual run), however many tasks."""
+        if not active_jobs:
+            # Nothing to ask Batch. Also the first call, which Snakemake's status thread can make
+            # before RemoteExecutor.__init__ has set status_rate_limiter (and before __post_init__).
+            return
         poll_started = dt.datetime.now(dt.timezone.utc)
         completed: dict[str, object] = {}
         async with self.status_rate_limiter:
