@@ -197,8 +197,21 @@ class BatchGateway:
 
 
 def describe_http_error(exc: HttpResponseError) -> str:
-    """'<code>: <message>' from a Batch error, for messages that tell users what happened."""
+    """'<code>: <message> (<key>=<value>, ...)' from a Batch error, for messages that tell users
+    what happened: Batch names the property and the reason in the error's `values`."""
     error: Any = getattr(exc, "error", None)
     code = getattr(error, "code", None) or getattr(exc, "status_code", "")
     message = getattr(exc, "message", "") or str(exc)
-    return f"{code}: {message.splitlines()[0] if message else ''}"
+    first = message.splitlines()[0] if message else ""
+    values = []
+    try:
+        body = exc.response.json() if exc.response is not None else None
+    except Exception:  # not JSON (a proxy's HTML page, an empty body)
+        body = None
+    if isinstance(body, dict):
+        text = body.get("message")
+        text = text.get("value") if isinstance(text, dict) else text
+        if isinstance(text, str) and text.strip():
+            first = text.splitlines()[0]
+        values = [f"{v.get('key')}={v.get('value')}" for v in body.get("values") or [] if isinstance(v, dict)]
+    return f"{code}: {first}" + (f" ({', '.join(values)})" if values else "")

@@ -110,6 +110,17 @@ def test_rule_larger_than_any_pool_is_refused_before_submission(tmp_path, saje_e
     assert _delta(before, after, POOL_CREATE) == 0 and _delta(before, after, TASK_CREATE) == 0
 
 
+def test_pool_batch_refuses_is_an_error_naming_the_property(tmp_path, saje_env, clean_account):
+    """Here the emulator's floor for the autoscale interval (1 s in tests; Azure's is 5 minutes)."""
+    workdir = write_workflow(tmp_path / "wf", FAILING)
+
+    run = run_snakemake(workdir, saje_env, "--saje-autoscale-interval", "0.01")
+
+    assert run.returncode != 0
+    assert "Azure Batch refused pool" in run.stdout, run.stdout[-3000:]
+    assert "InvalidPropertyValue" in run.stdout and "PropertyName=autoScaleEvaluationInterval" in run.stdout
+
+
 # ----------------------------------------------------------------------------- Ctrl-C
 SLOW = """
 rule all:
