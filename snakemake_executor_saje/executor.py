@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncGenerator, List
 
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import AzureError, HttpResponseError
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
@@ -297,7 +297,7 @@ class Executor(RemoteExecutor):
             return logs
         try:
             subtasks = self.batch.subtasks(info.aux["batch_job"], info.external_jobid)
-        except HttpResponseError:
+        except AzureError:
             subtasks = []
         base = f"workitems/{info.aux['batch_job']}/job-1/{info.external_jobid}"
         for sub in subtasks:
@@ -308,11 +308,14 @@ class Executor(RemoteExecutor):
                         logs.append(path)
         stderr = next((p for p in logs if p.name == "stderr.txt"), None)
         digest = target / "mpi-failure.txt"
-        digest.parent.mkdir(parents=True, exist_ok=True)
-        digest.write_text(_mpi_failure_digest(
-            info.external_jobid, outcome, subtasks, self._node_addresses(outcome.pool_id),
-            stderr.read_text(errors="replace") if stderr else ""))
-        logs.insert(1, digest)
+        try:  # a digest is a courtesy: never let it stop the status loop
+            digest.parent.mkdir(parents=True, exist_ok=True)
+            digest.write_text(_mpi_failure_digest(
+                info.external_jobid, outcome, subtasks, self._node_addresses(outcome.pool_id),
+                stderr.read_text(errors="replace") if stderr else ""))
+            logs.insert(1, digest)
+        except Exception as exc:  # noqa: BLE001
+            self.logger.warning(f"SAJE: no MPI failure digest for task {info.external_jobid}: {exc!r}")
         return logs
 
     def _node_addresses(self, pool_id: str | None) -> dict[str, str]:
@@ -321,7 +324,7 @@ class Executor(RemoteExecutor):
             return {}
         try:
             return {n.id: n.ip_address or "?" for n in self.batch.client.list_nodes(pool_id, select=["id", "ipAddress"])}
-        except HttpResponseError:
+        except AzureError:
             return {}
 
     def _check_pools(self) -> None:
@@ -507,8 +510,11 @@ def _mpi_failure_digest(task_id: str, outcome, subtasks, addresses: dict[str, st
         out.append(f"  subtask {sub.id:<3} node {node} ({addresses.get(node, '?')}): {state}")
     if failed:
         out.append("failed: " + ", ".join(failed) + " (its logs are among the log files below)")
-    out.append("the ranks' and the launcher's stderr on the primary (last lines):" if said
-               else "nothing on stderr from the ranks or the launcher")
+    if not stderr:
+        out.append("the task's stderr.txt could not be downloaded (its node may have left the pool already)")
+    else:
+        out.append("the ranks' and the launcher's stderr on the primary (last lines):" if said
+                   else "nothing on stderr from the ranks or the launcher")
     out.extend(f"  {ln}" for ln in said)
     return "\n".join(out) + "\n"
 

@@ -67,14 +67,25 @@ def _snakemake(*args: str) -> list[str]:
     return [str(VENV_BIN / "snakemake"), "--workflow-profile", str(PROFILE), *FAST, *args]
 
 
-def run_example(tmp_path: Path, flavor: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_example(tmp_path: Path, flavor: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """What docs/mpi.md tells users to type, in a copy of the example."""
     wf = _workflow(tmp_path)
     cmd = [str(VENV_BIN / "saje"), "emulator", "run", "--data-dir", str(tmp_path / "emulator"),
            "--node-boot-seconds", "0.05", "--autoscale-min-interval", "1", "--",
            *_snakemake("--saje-mpi-flavor", flavor, *args)]
-    out = subprocess.run(cmd, cwd=wf, env=_image_env(flavor), capture_output=True, text=True,
-                         errors="replace", timeout=timeout)
+    proc = subprocess.Popen(cmd, cwd=wf, env=_image_env(flavor), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, errors="replace", start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # stop snakemake and Azurite too, and show how far it got
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"the example did not finish in {timeout}s:\n{stderr[-6000:]}")
+    out = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     print(out.stdout[-4000:])
     print(out.stderr[-8000:], file=sys.stderr)
     return out
@@ -124,7 +135,9 @@ def test_example_runs_every_rank_on_2_and_4_nodes(tmp_path, flavor):
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("flavor", ["openmpi", "mpich"])
 def test_failing_rank_fails_the_task_and_shows_nodes_and_stderr(tmp_path, flavor):
-    out = run_example(tmp_path, flavor, "--config", "nodes=[2]", "fail_rank=3")
+    # A 6 s autoscale interval: with 1.2 s the failed task's nodes can leave the pool (and take
+    # its files along) before the executor's next poll downloads the logs.
+    out = run_example(tmp_path, flavor, "--config", "nodes=[2]", "fail_rank=3", "--saje-autoscale-interval", "0.1")
     assert out.returncode != 0
     message = out.stderr[out.stderr.index("Error in rule pi:"):]
     assert re.search(r"SAJE: rule pi \(task pi-\d+-a1, Batch job \S+\) on node tvm\S+ failed with exit code", message)
@@ -168,7 +181,8 @@ def test_preempted_spot_mpi_task_is_requeued(tmp_path, monkeypatch):
     emu.start()
     try:
         env = {**image, **client_environment(emu)}
-        refused = subprocess.run(_snakemake("--saje-mpi-flavor", "openmpi", "--preemptible-rules", "spread"),
+        refused = subprocess.run(_snakemake("--saje-mpi-flavor", "openmpi", "--preemptible-rules", "spread",
+                                            "--preemptible-retries", "0"),
                                  cwd=wf, env=env, capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0
         assert "spot nodes are refused for MPI pools" in refused.stderr and "--saje-mpi-allow-spot" in refused.stderr

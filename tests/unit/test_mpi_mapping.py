@@ -162,4 +162,6 @@ def test_digest_names_failed_subtasks_and_shortens_long_output():
 
 def test_digest_without_stderr():
     text = _mpi_failure_digest("t", SimpleNamespace(exit_code=None, node_id=None), [], {}, "")
-    assert "1 node(s)" in text and "nothing on stderr" in text
+    assert "1 node(s)" in text and "stderr.txt could not be downloaded" in text
+    text = _mpi_failure_digest("t", SimpleNamespace(exit_code=1, node_id="n"), [], {}, SNAKEMAKE_STDERR.format(said=""))
+    assert "nothing on stderr from the ranks or the launcher" in text
