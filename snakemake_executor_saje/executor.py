@@ -28,7 +28,7 @@ from . import credentials, mapping, mpi, pools
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of
 from .batch import connect as batch_connect
 from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
-from .staging import Staging
+from .staging import Staging, under
 
 LOG_DIR = Path(".snakemake") / "saje_logs"
 POOL_CHECK_SECONDS = 20.0
@@ -104,12 +104,17 @@ class Executor(RemoteExecutor):
             command = f"tar -xJf {Path(self.source_files[0].file_path).name} && {command}" if self.source_files else command
         if self.settings.snakemake_install == "pip":
             command = f". \"{pools.NODE_VENV}/bin/activate\" && {command}"
-        coordination = None
+        coordination, common_files = None, []
         if plan is not None:
             flavor = _mpi_flavor(plan.flavor, str(spec.resources.get("mpi", "")), spec.rule)
             environment.update(mpi.application_environment(flavor, plan.nodes, plan.tasks_per_node))
             command = mpi.hostfile_script(flavor, plan.tasks_per_node) + command
-            coordination = mpi.coordination_command(flavor)
+            # Only the primary gets resourceFiles; every node gets commonResourceFiles (into the
+            # task root dir), which the coordination command copies into its working dir.
+            common_files = under(mpi.COMMON_FILES_DIR, resource_files)
+            archive = Path(self.source_files[0].file_path).name if self.source_files and common_files else None
+            coordination = mpi.coordination_command(flavor, common_dir=mpi.COMMON_FILES_DIR if common_files else None,
+                                                    archive=archive)
         spec = mapping.JobSpec(**{**spec.__dict__, "command": command})
         options = mapping.TaskOptions(
             max_task_retries=self._retries(spec),
@@ -119,6 +124,7 @@ class Executor(RemoteExecutor):
             output_files=output_files,
             container_image=use.pool_class.container_image,
             coordination_command=coordination,
+            common_resource_files=common_files,
             default_mpi_flavor=self.settings.mpi_flavor,
         )
         request = mapping.task_request(spec, use.shape, options, plan)

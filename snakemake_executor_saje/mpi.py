@@ -66,6 +66,7 @@ from collections.abc import Sequence
 from enum import Enum
 
 __all__ = [
+    "COMMON_FILES_DIR",
     "DEFAULT_HOSTFILE",
     "Fabric",
     "MpiCommandError",
@@ -81,6 +82,8 @@ __all__ = [
 
 # A shell word, expanded inside double quotes on the primary node.
 DEFAULT_HOSTFILE = "$AZ_BATCH_TASK_SHARED_DIR/saje_mpi_hostfile"
+# Where an MPI task's commonResourceFiles go, under AZ_BATCH_TASK_SHARED_DIR on every node.
+COMMON_FILES_DIR = "saje_common"
 
 
 class MpiFlavor(str, Enum):
@@ -250,6 +253,7 @@ def application_environment(
 
 
 _UNSAFE_IN_DQUOTES = re.compile(r'["`\\\n]')
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]*$")
 
 
 def hostfile_script(flavor: MpiFlavor, slots_per_node: int, path: str = DEFAULT_HOSTFILE) -> str:
@@ -291,10 +295,17 @@ def coordination_command(
     flavor: MpiFlavor | None = None,
     *,
     shell: str = "/bin/sh",
+    common_dir: str | None = None,
+    archive: str | None = None,
 ) -> str:
     """The coordination command run on every node before the application command.
 
-    It only reports the node and, when the flavour is known, warns (without failing) when
+    With `common_dir` (a directory name under AZ_BATCH_TASK_SHARED_DIR, where Batch downloads
+    the task's commonResourceFiles on every node), it first copies that directory's content,
+    modes kept, into the node's AZ_BATCH_TASK_WORKING_DIR (the same path on every node of the
+    task) and unpacks `archive` (a .tar.xz among those files) there, so that ranks started on
+    any node find the files the primary got; a failed copy fails the command (and the task).
+    Then it reports the node and, when the flavour is known, warns (without failing) when
     the flavour's per-node daemon is not on PATH: the launcher starts it on this node over
     ssh, so a missing daemon shows here first, per node, instead of as a launch timeout.
     """
@@ -304,7 +315,21 @@ def coordination_command(
         MpiFlavor.MPICH: "hydra_pmi_proxy",
         MpiFlavor.INTELMPI: "hydra_pmi_proxy",
     }
-    script = 'echo "saje: node ${AZ_BATCH_NODE_ID:-?} ready for MPI (hosts ${AZ_BATCH_HOST_LIST:-?})"'
+    script = ""
+    if common_dir:
+        for name in (common_dir, archive or "x"):
+            if not _SAFE_NAME.match(name) or ".." in name.split("/"):
+                raise ValueError(f"{name!r} must be a relative path of letters, digits, '._-/'")
+        unpack = f' && tar -xJf "{archive}"' if archive else ""
+        script = (
+            f'saje_from="$AZ_BATCH_TASK_SHARED_DIR/{common_dir}"; '
+            'if [ -d "$saje_from" ]; then '
+            f'{{ mkdir -p "$AZ_BATCH_TASK_WORKING_DIR" && cp -R -p "$saje_from/." "$AZ_BATCH_TASK_WORKING_DIR/" '
+            f'&& cd "$AZ_BATCH_TASK_WORKING_DIR"{unpack}; }} || '
+            '{ echo "saje: cannot put the common files into the working directory on node ${AZ_BATCH_NODE_ID:-?}" >&2; '
+            "exit 1; }; fi; "
+        )
+    script += 'echo "saje: node ${AZ_BATCH_NODE_ID:-?} ready for MPI (hosts ${AZ_BATCH_HOST_LIST:-?})"'
     if flavor is not None:
         names = daemons[MpiFlavor(flavor)]
         script += (

@@ -34,6 +34,9 @@ from azure.storage.blob import (
 log = logging.getLogger(__name__)
 
 SOURCES_BLOB = "sources/snakemake-workflow-sources.tar.xz"
+# ResourceFile.fileMode of staged programs. Batch applies 0770 on Linux when it is unset (so
+# they would run anyway); SAJE says it rather than rely on that default.
+EXECUTABLE_MODE = "0755"
 SAS_LIFETIME = dt.timedelta(hours=12)
 _CONTAINER_CHARS = re.compile(r"[^a-z0-9-]")
 
@@ -140,9 +143,9 @@ class Staging:
         self.upload_file(archive, SOURCES_BLOB)
         return self.resource_file(SOURCES_BLOB, Path(SOURCES_BLOB).name)
 
-    def resource_file(self, blob: str, file_path: str) -> models.ResourceFile:
+    def resource_file(self, blob: str, file_path: str, file_mode: str | None = None) -> models.ResourceFile:
         url = f"{self.container_url}/{quote(blob)}?{self._container_sas('r')}"
-        return models.ResourceFile(http_url=url, file_path=file_path)
+        return models.ResourceFile(http_url=url, file_path=file_path, file_mode=file_mode)
 
     def stage_inputs(self, paths: Iterable[str]) -> list[models.ResourceFile]:
         """Upload local input files (once per content change) and return their resource files."""
@@ -158,7 +161,7 @@ class Staging:
                     self.upload_file(local, input_blob(rel))
                     with self._lock:
                         self._uploaded[rel] = signature
-                files.append(self.resource_file(input_blob(rel), rel))
+                files.append(self.resource_file(input_blob(rel), rel, EXECUTABLE_MODE if _executable(local) else None))
         return files
 
     def output_files(self, task_key: str, paths: Iterable[str]) -> list[models.OutputFile]:
@@ -221,6 +224,28 @@ class Staging:
 
 class StagingError(WorkflowError):
     """Staging cannot work as configured; the message says what to set."""
+
+
+def under(directory: str, files: Iterable[models.ResourceFile]) -> list[models.ResourceFile]:
+    """The same resource files with their paths under `directory`: an MPI task's
+    commonResourceFiles, which Batch downloads on every node into the task's root directory
+    (AZ_BATCH_TASK_SHARED_DIR), beside stdout.txt and the working directory."""
+    return [models.ResourceFile(http_url=f.http_url, file_path=f"{directory}/{f.file_path}", file_mode=f.file_mode)
+            for f in files]
+
+
+def _executable(path: Path) -> bool:
+    """A program: executable here, or an ELF binary or a script with #!. Outputs that come back
+    from a node (an MPI program compiled by an earlier job) lose their mode on the way down, so
+    the content counts too."""
+    if os.access(path, os.X_OK):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head == b"\x7fELF" or head.startswith(b"#!")
 
 
 def _expand(path: Path) -> list[Path]:

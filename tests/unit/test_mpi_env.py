@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -162,6 +163,51 @@ def test_coordination_command_runs_and_warns(tmp_path):
     assert out.returncode == 0
     assert "tvm-1" in out.stdout and "hydra_pmi_proxy" in out.stderr
     assert subprocess.run(mpi.coordination_command(), shell=True).returncode == 0
+
+
+def test_coordination_command_puts_the_common_files_into_the_working_dir(tmp_path):
+    """What every node of an MPI task does first: the commonResourceFiles (in the task root,
+    AZ_BATCH_TASK_SHARED_DIR) go into AZ_BATCH_TASK_WORKING_DIR, modes kept, sources unpacked."""
+    shared, wd = tmp_path / "task", tmp_path / "task" / "wd"
+    common = shared / mpi.COMMON_FILES_DIR
+    (common / "bin").mkdir(parents=True)
+    (common / "bin" / "pi").write_text("#!/bin/sh\necho pi\n")
+    (common / "bin" / "pi").chmod(0o755)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "Snakefile").write_text("rule all:\n")
+    subprocess.run(["tar", "-cJf", str(common / "sources.tar.xz"), "-C", str(tmp_path / "src"), "Snakefile"], check=True)
+    env = {"PATH": "/usr/bin:/bin", "AZ_BATCH_NODE_ID": "tvm-2", "AZ_BATCH_HOST_LIST": "a,b",
+           "AZ_BATCH_TASK_SHARED_DIR": str(shared), "AZ_BATCH_TASK_WORKING_DIR": str(wd)}
+    cmd = mpi.coordination_command(MpiFlavor.OPENMPI, common_dir=mpi.COMMON_FILES_DIR, archive="sources.tar.xz")
+    out = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "tvm-2 ready for MPI" in out.stdout and "prted" in out.stderr  # the checks stay
+    assert subprocess.run([str(wd / "bin" / "pi")], capture_output=True, text=True).stdout == "pi\n"
+    assert (wd / "Snakefile").read_text() == "rule all:\n"
+    # a copy that cannot be made fails the node's coordination command, hence the task
+    (wd / "bin").chmod(0o500)
+    (common / "bin" / "pi").write_text("changed")
+    failed = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=env)
+    (wd / "bin").chmod(0o755)
+    if os.geteuid() != 0:  # root writes anyway
+        assert failed.returncode == 1 and "cannot put the common files" in failed.stderr
+    with pytest.raises(ValueError):
+        mpi.coordination_command(common_dir="../x")
+
+
+def test_staged_programs_are_executable_and_common_copies_go_under_a_directory(tmp_path):
+    from azure.batch import models
+
+    from snakemake_executor_saje import staging
+
+    elf, script, data = tmp_path / "elf", tmp_path / "run.sh", tmp_path / "data.txt"
+    elf.write_bytes(b"\x7fELF\x02\x01")  # mode 0644, as an output downloaded from a node
+    script.write_text("#!/bin/sh\n")
+    data.write_text("1 2 3\n")
+    assert [staging._executable(p) for p in (elf, script, data)] == [True, True, False]
+    files = [models.ResourceFile(http_url="https://x/a?sas", file_path="bin/pi", file_mode="0755")]
+    (copy,) = staging.under(mpi.COMMON_FILES_DIR, files)
+    assert (copy.http_url, copy.file_path, copy.file_mode) == ("https://x/a?sas", "saje_common/bin/pi", "0755")
 
 
 # ------------------------------------------------------------------ ssh arguments
