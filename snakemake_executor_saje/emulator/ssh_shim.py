@@ -31,6 +31,19 @@ by `install_ssh_shim`, first on every task's PATH; the wrapper runs this file, w
    (the launcher) dies, it sends SIGTERM to that whole group, then SIGKILL after a grace
    period, and exits 255. A shim killed with SIGKILL cannot do that: signal it first.
 
+Each node its own files (best effort): on Azure the nodes of a task share no file system;
+the working directory AZ_BATCH_TASK_WORKING_DIR has the same path on every node but only the
+primary's holds the task's resource files. Emulated nodes are directories of one file system,
+and launchers hand their daemons the primary's absolute cwd in-band (PRRTE's and Hydra's wdir
+travel over their own sockets, not on the ssh command line), so a remote rank would find the
+primary's files. The remote command therefore runs in a new mount namespace where every other
+registered node's root is a bind mount of the target node's root (`enter_node_files`; a view
+an earlier hop left is undone first): a path under node A's root, on node B, is the same
+relative path under B's root, and a program only the primary has is missing there, as on
+Azure. That needs CAP_SYS_ADMIN like the hostname; without it (a warning on stderr) only
+what the shim sees is mapped: the caller node's root in the remote command's words and in
+PATH becomes the target's (`map_node_paths`), and anything passed in-band still leaks.
+
 The home directory: on Azure the task user's ssh session starts in that user's home, a
 per-node directory that outlives tasks. The emulated equivalent is the node's shared dir
 (`AZ_BATCH_NODE_SHARED_DIR`, `node_home`), which is per node, writable by every task and
@@ -345,6 +358,9 @@ def _set_parent_death_signal(sig: int) -> None:
 
 
 _CLONE_NEWUTS = 0x04000000
+_CLONE_NEWNS = 0x00020000
+_MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
+_MNT_DETACH = 2
 
 
 _LIBC: list = []  # [ctypes.CDLL] once loaded, [None] when not available
@@ -359,7 +375,7 @@ def _libc():
                 import ctypes
 
                 lib = ctypes.CDLL(None, use_errno=True)
-                lib.unshare, lib.sethostname  # noqa: B018 - resolve both symbols now
+                lib.unshare, lib.sethostname, lib.mount, lib.umount2  # noqa: B018 - resolve them now
             except (OSError, AttributeError):
                 lib = None
         _LIBC.append(lib)
@@ -385,6 +401,43 @@ def enter_node_hostname(hostname: str) -> bool:
         return libc.sethostname(name, len(name)) == 0
     except (OSError, AttributeError):
         return False
+
+
+def enter_node_files(target_root: str, other_roots: list[str]) -> bool:
+    """Move the calling process into a new mount namespace in which each of `other_roots`
+    shows `target_root` (see the module doc); False, changing nothing, when not allowed.
+
+    Views left by an earlier hop (a daemon on node B that sshes on to C) are undone first, so
+    every root is the real one before the binds. Meant for a `preexec_fn`: only system calls.
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    try:
+        if libc.unshare(_CLONE_NEWNS) != 0:
+            return False
+        if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+            return False
+        target = target_root.encode()
+        others = [r.encode() for r in other_roots]
+        for root in [target, *others]:
+            libc.umount2(root, _MNT_DETACH)  # EINVAL when no view was there: fine
+        return all(libc.mount(target, root, None, _MS_BIND, None) == 0 for root in others)
+    except (OSError, AttributeError):
+        return False
+
+
+def map_node_paths(text: str, from_root: str | None, to_root: str) -> str:
+    """`text` with every path under `from_root` (the caller node's) moved under `to_root`."""
+    if not from_root or from_root == to_root:
+        return text
+    return text.replace(from_root.rstrip("/") + "/", to_root.rstrip("/") + "/")
+
+
+def _caller_root(hosts: Mapping[str, dict], caller_env: Mapping[str, str]) -> str | None:
+    address = _caller_address(hosts, caller_env)
+    record = hosts.get(address)
+    return str(record["root"]) if record else None
 
 
 def node_hostname_preexec(hostname: str | None):
@@ -440,7 +493,12 @@ def run(argv: list[str], data_dir: Path | str, caller_env: Mapping[str, str] | N
               file=sys.stderr)
         return 255
     env = remote_environment(address, record, caller_env, hosts=hosts, user=inv.user)
-    cmd = ["/bin/sh", "-c", inv.remote_command] if inv.command else ["/bin/sh"]
+    target_root = str(record["root"])
+    from_root = _caller_root(hosts, caller_env)
+    env["PATH"] = map_node_paths(env["PATH"], from_root, target_root)
+    cmd = ["/bin/sh", "-c", map_node_paths(inv.remote_command, from_root, target_root)] if inv.command else ["/bin/sh"]
+    other_roots = sorted({str(r["root"]) for r in hosts.values() if str(r["root"]) != target_root
+                          and os.path.isdir(str(r["root"]))})
     stdin = subprocess.DEVNULL if ("n" in inv.flags or "N" in inv.flags) else None
     if "N" in inv.flags:
         cmd = ["/bin/sh", "-c", "exec sleep 2147483647"]
@@ -464,6 +522,10 @@ def run(argv: list[str], data_dir: Path | str, caller_env: Mapping[str, str] | N
             os.write(2, (f"ssh (SAJE emulator): cannot give {hostname} its own hostname "
                          "(a UTS namespace needs CAP_SYS_ADMIN); MPI ranks on it will see "
                          f"{os.uname().nodename}\n").encode())
+        if not enter_node_files(target_root, other_roots):
+            os.write(2, (f"ssh (SAJE emulator): cannot give {hostname} its own view of the node "
+                         "directories (a mount namespace needs CAP_SYS_ADMIN); paths another node "
+                         "passes in-band reach that node's files\n").encode())
 
     proc = subprocess.Popen(cmd, cwd=home, env=env, stdin=stdin, start_new_session=True,
                             preexec_fn=in_node)

@@ -75,3 +75,53 @@ def test_multi_instance_never_scheduled_without_inter_node_communication(batch_c
     assert stuck.state == "active" and stuck.node_info is None  # ...but accepts and never schedules this one
     assert list(batch_client.list_subtasks(job_id, "stuck")) == []
     batch_client.begin_delete_pool(pool_id)
+
+
+# A program every node runs over ssh from the primary, from the task's working directory (the
+# same path on every node), as an MPI launcher's daemons would.
+PROG = b'#!/bin/sh\necho "prog ran on $AZ_BATCH_NODE_ID"\n'
+RUN_EVERYWHERE = ("/bin/sh -c 'for h in $(echo $AZ_BATCH_HOST_LIST | tr , \" \"); do "
+                  "ssh $h \"cd $AZ_BATCH_TASK_WORKING_DIR && ./prog\" || exit 1; done'")
+
+
+def test_only_the_primary_gets_resource_files_common_ones_reach_every_node(emulator_with_storage):
+    """As on Azure: a program among the task's resourceFiles is on the primary only, so the other
+    node (which sees its own files at the primary's paths) cannot run it; among the
+    commonResourceFiles, copied into each node's working dir by SAJE's coordination command, it
+    runs on every node."""
+    from azure.storage.blob import BlobServiceClient
+
+    from snakemake_executor_saje import mpi
+    from tests.conftest import unique_id
+
+    emu = emulator_with_storage
+    container = unique_id("prog").lower()
+    BlobServiceClient.from_connection_string(emu.azurite.connection_string).create_container(container)
+    BlobServiceClient.from_connection_string(emu.azurite.connection_string).get_blob_client(
+        container, "prog").upload_blob(PROG)
+    client = emu.client()
+    pool_id = make_pool(client, dedicated=2, enable_inter_node_communication=True, task_slots_per_node=1)
+    nodes = [n.id for n in client.list_nodes(pool_id)]
+    job_id = make_job(client, pool_id)
+    prog = models.ResourceFile(auto_storage_container_name=container, blob_prefix="prog")
+    client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="primary-only", command_line=RUN_EVERYWHERE, resource_files=[prog],
+        multi_instance_settings=models.MultiInstanceSettings(number_of_instances=2)))
+    task = completed(client, job_id, "primary-only", timeout=60)
+    assert task.execution_info.result == "failure"
+    out, err = read_file(client, job_id, "primary-only"), read_file(client, job_id, "primary-only", "stderr.txt")
+    assert out == f"prog ran on {task.node_info.node_id}\n"  # the primary's own ssh hop found it
+    assert "prog" in err and "not found" in err, err  # the other node has no ./prog
+
+    common = models.ResourceFile(auto_storage_container_name=container, blob_prefix="prog",
+                                 file_path=mpi.COMMON_FILES_DIR, file_mode="0755")
+    client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="common", command_line=RUN_EVERYWHERE,
+        multi_instance_settings=models.MultiInstanceSettings(
+            number_of_instances=2, common_resource_files=[common],
+            coordination_command_line=mpi.coordination_command(common_dir=mpi.COMMON_FILES_DIR))))
+    task = completed(client, job_id, "common", timeout=60)
+    assert task.execution_info.result == "success", read_file(client, job_id, "common", "stderr.txt")
+    ran = sorted(read_file(client, job_id, "common").splitlines())
+    assert ran == sorted(f"prog ran on {n}" for n in nodes)
+    client.begin_delete_pool(pool_id)

@@ -143,6 +143,26 @@ def test_resolves_names_and_joins_words_like_ssh(cluster):
     assert out.returncode == 0 and out.stdout.split() == ["a", "b", b.node_id]
 
 
+def test_the_other_node_sees_its_own_files_at_the_callers_paths(cluster):
+    """A path under the caller's node root means the same relative path on the target node: on
+    the command line (mapped by the shim) and in-band (here: on stdin, as launchers send their
+    wdir over their own sockets; needs the mount namespace, i.e. root)."""
+    a, b = cluster.nodes
+    for node in (a, b):
+        (node.root / "workitems" / "j" / "wd").mkdir(parents=True)
+        (node.root / "workitems" / "j" / "wd" / "where").write_text(node.node_id + "\n")
+    (a.root / "workitems" / "j" / "wd" / "prog").write_text("only on a")
+    wd = a.root / "workitems" / "j" / "wd"
+    words = _ssh(cluster, [b.address, f"cat {wd}/where; test -e {wd}/prog || echo no prog"])
+    assert words.stdout.split() == [b.node_id, "no", "prog"], words.stderr
+    inband = _ssh(cluster, [b.address], input=f"cd {wd} && cat where && ls\n")
+    if "view of the node directories" in inband.stderr:
+        pytest.skip("no mount namespace (needs CAP_SYS_ADMIN): in-band paths are not mapped")
+    assert inband.stdout.split() == [b.node_id, "where"], inband.stderr
+    # and back on the caller's own node nothing changed
+    assert (wd / "prog").read_text() == "only on a"
+
+
 def test_unknown_host(cluster):
     out = _ssh(cluster, ["-x", "nowhere.example", "true"])
     assert out.returncode == 255
@@ -228,6 +248,9 @@ def test_mpirun_spreads_ranks_over_both_nodes(cluster, tmp_path, flavor):
     shared = wd.parent / "shared"  # AZ_BATCH_TASK_SHARED_DIR
     for d in (wd, shared):
         d.mkdir(parents=True, exist_ok=True)
+    # Batch makes the task's working dir on every node of the task (the same path on each);
+    # the other node's daemon, in its own view of the node directories, starts its ranks there.
+    layout.NodeLayout(other.root).working_dir("job-1", "mpi-task").mkdir(parents=True)
     env = cluster.env(primary, extra_path=[prefix / "bin"])
     env.update(mpi.application_environment(flavor, [n.address for n in cluster.nodes], 2))
     env.update({
