@@ -25,7 +25,7 @@ from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
 from . import credentials, mapping, mpi, pools
-from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of
+from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
 from .staging import Staging, under
@@ -49,6 +49,7 @@ class PoolUse:
 
 class Executor(RemoteExecutor):
     def __post_init__(self) -> None:
+        quiet_azure_sdk_logging()
         self.settings = self.workflow.executor_settings
         try:
             endpoint = credentials.resolve_batch_account_url(self.settings)
@@ -101,6 +102,7 @@ class Executor(RemoteExecutor):
             if not self.uses_default_storage:
                 resource_files.extend(self.staging.stage_inputs(_local_paths(job.input)))
                 output_files = self.staging.output_files(task_key, _output_paths(job))
+            output_files = [*output_files, *self.staging.log_files(task_key)]
             command = f"tar -xJf {Path(self.source_files[0].file_path).name} && {command}" if self.source_files else command
         if self.settings.snakemake_install == "pip":
             command = f". \"{pools.NODE_VENV}/bin/activate\" && {command}"
@@ -297,7 +299,9 @@ class Executor(RemoteExecutor):
         target = LOG_DIR / info.aux["batch_job"] / info.external_jobid
         logs = []
         for name in ("stdout.txt", "stderr.txt"):
-            if self.batch.download_task_file(info.aux["batch_job"], info.external_jobid, name, target / name):
+            if self.batch.download_task_file(info.aux["batch_job"], info.external_jobid, name, target / name) or (
+                self.staging is not None and self.staging.download_log(info.external_jobid, name, target / name)
+            ):
                 logs.append(target / name)
         if not mapping.is_mpi(mapping.job_spec_from_job(info.job, "")):
             return logs

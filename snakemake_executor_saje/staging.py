@@ -55,6 +55,10 @@ def output_blob(task_key: str, path: str) -> str:
     return f"outputs/{task_key}/{path}"
 
 
+def log_blob(task_key: str, name: str) -> str:
+    return f"logs/{task_key}/{name}"
+
+
 def input_blob(path: str) -> str:
     return f"inputs/{path}"
 
@@ -179,7 +183,21 @@ class Staging:
             ))
         return rules
 
+    def log_files(self, task_key: str) -> list[models.OutputFile]:
+        """stdout.txt/stderr.txt to blob whatever the outcome: autoscale may take the node (and its
+        task files) away before a failed task's logs are fetched, the blob copy outlives it."""
+        return [models.OutputFile(
+            file_pattern="../std*.txt",
+            destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
+                container_url=self.write_url(), path=log_blob(task_key, ""))),
+            upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"),
+        )]
+
     # ----------------------------------------------------------------- down
+    def download_log(self, task_key: str, name: str, target: Path) -> bool:
+        """The blob copy of a task's stdout.txt/stderr.txt (see `log_files`)."""
+        return self._download(self.service.get_container_client(self.container), log_blob(task_key, name), target)
+
     def download_outputs(self, task_key: str, paths: Iterable[str]) -> list[str]:
         """Fetch a finished job's outputs to their local paths; returns the ones missing in blob."""
         container = self.service.get_container_client(self.container)
