@@ -196,6 +196,15 @@ class BatchGateway:
         return True
 
 
+def quiet_azure_sdk_logging() -> None:
+    """The SDKs log warnings (failsafe deserialization tracebacks for 4xx bodies, every credential
+    DefaultAzureCredential tried) that SAJE's own messages already carry; SAJE_DEBUG=1 keeps them."""
+    import os
+
+    if not os.environ.get("SAJE_DEBUG"):
+        logging.getLogger("azure").setLevel(logging.ERROR)
+
+
 def describe_http_error(exc: HttpResponseError) -> str:
     """'<code>: <message> (<key>=<value>, ...)' from a Batch error, for messages that tell users
     what happened: Batch names the property and the reason in the error's `values`."""

@@ -18,7 +18,6 @@ messages name profiles, files and fields, never values.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,10 +180,9 @@ def run_command(func: Callable[[Context], int | None], args: argparse.Namespace)
     from ..credentials import CredentialsError
     from ..pools import PoolSpecError
 
-    # The SDK and azure.identity log warnings (e.g. every credential DefaultAzureCredential
-    # tried) that the error message below already carries; SAJE_DEBUG=1 shows them.
-    if not os.environ.get("SAJE_DEBUG"):
-        logging.getLogger("azure").setLevel(logging.ERROR)
+    from ..batch import quiet_azure_sdk_logging
+
+    quiet_azure_sdk_logging()
     out = Output(json_mode=bool(getattr(args, "json", False)))
     ctx = Context(args, out)
     try:

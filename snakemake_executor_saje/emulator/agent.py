@@ -23,7 +23,7 @@ from typing import Any
 
 from . import blobio, ssh_shim
 from .layout import NodeLayout
-from .model import Job, Node, Pool, Task
+from .model import Job, Node, Task
 from .state import BatchState, _set_state
 from .timeutil import iso_now, parse_duration
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 from . import names
 from .clients import Arm, principal_of
-from .markers import SetupError, explain, is_not_found, markers_in, read_marker, wait_until, write_marker
+from .markers import SetupError, explain, is_not_found, markers_in, read_marker, wait_until
 
 __all__ = ["Plan", "plan", "STEPS", "register_provider", "ensure_resource_group", "ensure_role_assignment",
            "ensure_storage", "ensure_containers", "ensure_batch_account", "write_profile", "teardown", "rollback"]
