@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from importlib import resources
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "node_agent_for",
     "hourly_price",
     "price_info",
+    "load_vm_sizes",
 ]
 
 
@@ -52,10 +54,10 @@ def _data() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-@lru_cache(maxsize=1)
-def _sizes() -> dict[str, tuple[VmSize, dict[str, Any]]]:
+def parse_vm_sizes(rows: list[dict[str, Any]]) -> dict[str, tuple[VmSize, dict[str, Any]]]:
+    """Rows of the catalogue's ``vm_sizes`` list, keyed by lower-case name."""
     table: dict[str, tuple[VmSize, dict[str, Any]]] = {}
-    for row in _data()["vm_sizes"]:
+    for row in rows:
         ib = row.get("infiniband")
         size = VmSize(
             name=row["name"],
@@ -63,11 +65,28 @@ def _sizes() -> dict[str, tuple[VmSize, dict[str, Any]]]:
             memory_gib=float(row["memory_gib"]),
             gpus=int(row.get("gpus", 0)),
             rdma=ib is not None,
-            family=row["family"],
+            family=row.get("family", "custom"),
             infiniband=ib,
         )
         table[size.name.lower()] = (size, row)
     return table
+
+
+def load_vm_sizes(path: str | Path) -> dict[str, VmSize]:
+    """A VM size catalogue file (YAML with a ``vm_sizes`` list in this catalogue's format)."""
+    data = yaml.safe_load(Path(path).read_text("utf-8")) or {}
+    rows = data.get("vm_sizes") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a mapping with a 'vm_sizes' list (name, vcpus, memory_gib, ...)")
+    try:
+        return {key: size for key, (size, _) in parse_vm_sizes(rows).items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: a vm_sizes entry lacks or misspells a field ({exc}); each needs name, vcpus, memory_gib") from None
+
+
+@lru_cache(maxsize=1)
+def _sizes() -> dict[str, tuple[VmSize, dict[str, Any]]]:
+    return parse_vm_sizes(_data()["vm_sizes"])
 
 
 def vm_size(name: str) -> VmSize | None:

@@ -10,7 +10,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .. import catalogue
 from . import metrics
 from .layout import NodeLayout, node_root
 from .model import Node, Pool, Task
@@ -95,7 +94,7 @@ class Scheduler:
         if pool.rest["allocationState"] == "steady":
             return
         target = {True: int(pool.rest.get("targetDedicatedNodes") or 0), False: int(pool.rest.get("targetLowPriorityNodes") or 0)}
-        size = catalogue.vm_size(pool.rest["vmSize"])
+        size = self.state.vm_size(pool.rest["vmSize"])
         for dedicated in (True, False):
             live = [n for n in pool.nodes.values() if n.dedicated == dedicated and n.removing is None]
             missing = target[dedicated] - len(live)
@@ -127,7 +126,7 @@ class Scheduler:
 
     def _within_quota(self, pool: Pool, dedicated: bool, vcpus: int) -> bool:
         used = sum(
-            (catalogue.vm_size(p.rest["vmSize"]).vcpus if catalogue.vm_size(p.rest["vmSize"]) else 1)
+            _vcpus(self.state.vm_size(p.rest["vmSize"]))
             for p in self.state.pools.values() for n in p.nodes.values() if n.dedicated == dedicated and n.removing is None
         )
         quota = self.config.dedicated_core_quota if dedicated else self.config.low_priority_core_quota
@@ -263,3 +262,7 @@ class Scheduler:
         pack = (pool.rest.get("taskSchedulingPolicy") or {}).get("nodeFillType") == "pack"
         chosen = max(fits, key=lambda n: n.used_slots) if pack else min(fits, key=lambda n: n.used_slots)
         return [chosen]
+
+
+def _vcpus(size) -> int:
+    return size.vcpus if size else 1

@@ -94,6 +94,8 @@ class BatchState:
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
         self.faults = FaultPlan()
+        # `saje emulator start --vm-size FILE`: sizes the account offers instead of the bundled catalogue.
+        self._vm_sizes = catalogue.load_vm_sizes(config.vm_size_catalogue) if config.vm_size_catalogue else None
         # Hooks the agent installs: kill a task's processes; forget a node's files.
         self.on_kill: Callable[[Task, str], None] = lambda task, reason: None
         # Run a job's release task on the nodes that ran its preparation task, then call
@@ -163,6 +165,11 @@ class BatchState:
             self.changed.notify_all()
 
     # ----------------------------------------------------------------- lookups
+    def vm_size(self, name: str) -> "catalogue.VmSize | None":
+        if self._vm_sizes is not None:
+            return self._vm_sizes.get((name or "").strip().lower())
+        return catalogue.vm_size(name)
+
     def pool(self, pool_id: str) -> Pool:
         pool = self.pools.get(pool_id)
         if pool is None:
@@ -194,7 +201,7 @@ class BatchState:
     def add_pool(self, body: dict[str, Any]) -> Pool:
         pool_id = check_id(body.get("id"))
         _require(body, "vmSize")
-        size = catalogue.vm_size(body["vmSize"])
+        size = self.vm_size(body["vmSize"])
         if size is None:
             raise errors.invalid_property("vmSize", body["vmSize"], "The specified VM size is not supported in this region.")
         self._check_vm_configuration(body)
