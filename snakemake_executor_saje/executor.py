@@ -180,7 +180,7 @@ class Executor(RemoteExecutor):
             version = self.settings.snakemake_version or _snakemake_version()
             spec_request = pools.pool_spec(
                 pool_class, self.settings, self.run_id, snakemake_version=version, pip_packages=self._node_packages(),
-                instances_per_task=max(1, int(spec.resources.get("nodes") or 1)),
+                instances_per_task=mapping.plan_mpi(spec, shape, self.settings.mpi_flavor).nodes if mapping.is_mpi(spec) else 1,
                 min_autoscale_interval=0.0 if self.emulated else AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES,
             )
             self._ensure_staging()

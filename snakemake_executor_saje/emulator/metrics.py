@@ -26,12 +26,12 @@ def instantaneous(state: "BatchState", pool: "Pool") -> dict[str, float]:
         if job.pool_id != pool.id or job.state != "active":
             continue
         for task in job.tasks.values():
-            # A multi-instance task needs one node per instance: count it that many times.
-            weight = task.instances if task.instances > 1 else 1
+            # As the autoscale docs define them: $ActiveTasks counts a multi-instance task once per
+            # instance ("includes the number of instances set on the task"), $RunningTasks once.
             if task.state == "active":
-                active += weight
+                active += task.instances
             elif task.state in ("running", "preparing"):
-                running += weight
+                running += 1
             elif task.state == "completed":
                 if (task.rest.get("executionInfo") or {}).get("result") == "failure":
                     failed += 1

@@ -6,7 +6,7 @@ import time
 import pytest
 from azure.batch import models
 
-from tests.conftest import completed, make_job, make_pool, read_file
+from tests.conftest import completed, make_job, make_pool, read_file, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -125,3 +125,36 @@ def test_only_the_primary_gets_resource_files_common_ones_reach_every_node(emula
     ran = sorted(read_file(client, job_id, "common").splitlines())
     assert ran == sorted(f"prog ran on {n}" for n in nodes)
     client.begin_delete_pool(pool_id)
+
+
+def test_autoscale_counts_a_queued_multi_instance_task_once_per_instance(batch_client):
+    """The autoscale docs: $ActiveTasks includes the instances of a multi-instance task; $RunningTasks
+    counts tasks. A 3-instance task waiting on an empty pool is 3 active tasks."""
+    pool_id = make_pool(batch_client, dedicated=0, wait=False, enable_inter_node_communication=True,
+                        task_slots_per_node=1)
+    job_id = make_job(batch_client, pool_id)
+    batch_client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="wide", command_line="/bin/true",
+        multi_instance_settings=models.MultiInstanceSettings(number_of_instances=3, coordination_command_line="/bin/true")))
+    batch_client.enable_pool_auto_scale(pool_id, models.BatchPoolEnableAutoScaleOptions(
+        auto_scale_formula="$TargetDedicatedNodes = 0;", auto_scale_evaluation_interval="PT1S"))
+    time.sleep(1.5)  # let the emulator take a sample with the task queued
+    run = batch_client.evaluate_pool_auto_scale(pool_id, models.BatchPoolEvaluateAutoScaleOptions(
+        auto_scale_formula="$a = max($ActiveTasks.GetSample(1)); $r = max($RunningTasks.GetSample(1)); $TargetDedicatedNodes = 0;"))
+    assert "$a=3" in run.results and "$r=0" in run.results, run.results
+
+
+def test_autoscale_counts_a_running_multi_instance_task_once(batch_client):
+    pool_id = make_pool(batch_client, dedicated=2, enable_inter_node_communication=True, task_slots_per_node=1)
+    job_id = make_job(batch_client, pool_id)
+    batch_client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="busy", command_line="/bin/sleep 4",
+        multi_instance_settings=models.MultiInstanceSettings(number_of_instances=2, coordination_command_line="/bin/true")))
+    wait_for(lambda: batch_client.get_task(job_id, "busy").state == models.BatchTaskState.RUNNING, what="task running")
+    batch_client.disable_pool_auto_scale(pool_id)
+    batch_client.enable_pool_auto_scale(pool_id, models.BatchPoolEnableAutoScaleOptions(
+        auto_scale_formula="$TargetDedicatedNodes = 2;", auto_scale_evaluation_interval="PT1S"))
+    time.sleep(1.0)
+    run = batch_client.evaluate_pool_auto_scale(pool_id, models.BatchPoolEvaluateAutoScaleOptions(
+        auto_scale_formula="$r = max($RunningTasks.GetSample(1)); $TargetDedicatedNodes = 2;"))
+    assert "$r=1" in run.results, run.results
