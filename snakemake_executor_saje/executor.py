@@ -45,6 +45,8 @@ class PoolUse:
     shape: mapping.PoolShape
     created: bool = False
     reported: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)  # Batch errors reported, for the final message
+    unusable_since: float | None = None  # monotonic time since the pool has had no usable node
 
 
 class Executor(RemoteExecutor):
@@ -245,9 +247,12 @@ class Executor(RemoteExecutor):
                         yield info
                     return
         self.last_poll = poll_started
-        self._check_pools()
+        stuck = self._check_pools({info.aux["batch_job"] for info in active_jobs})
         finished = []
         for info in active_jobs:
+            if info.aux["batch_job"] in stuck and info.external_jobid not in completed:
+                self.report_job_error(info, msg=stuck[info.aux["batch_job"]])
+                continue
             task = completed.get(info.external_jobid)
             if task is None:
                 yield info
@@ -337,28 +342,58 @@ class Executor(RemoteExecutor):
         except AzureError:
             return {}
 
-    def _check_pools(self) -> None:
-        """Report each pool's resize errors and start-task failures once, with their Batch codes."""
-        if time.monotonic() - self.last_pool_check < POOL_CHECK_SECONDS:
-            return
+    def _check_pools(self, waiting_jobs: set[str]) -> dict[str, str]:
+        """Report each pool's resize errors and start-task failures once, with their Batch codes.
+
+        Returns {Batch job id: message} for pools this run created that have had no usable node
+        for --saje-pool-ready-timeout while tasks waited on them: those jobs fail instead of
+        waiting forever on a pool that cannot grow."""
+        timeout = float(self.settings.pool_ready_timeout) * 60
+        if time.monotonic() - self.last_pool_check < min(POOL_CHECK_SECONDS, timeout / 4):
+            return {}
         self.last_pool_check = time.monotonic()
+        try:
+            usable = {c.pool_id: _usable(c) for c in self.batch.client.list_pool_node_counts()}
+        except HttpResponseError:
+            usable = {}
+        stuck = {}
         for use in self.uses.values():
             try:
-                pool = self.batch.get_pool(use.pool_id)
-                for error in pool.resize_errors or []:
-                    if error.code not in use.reported:
-                        use.reported.add(error.code)
-                        self.logger.error(f"SAJE: pool {use.pool_id} cannot grow: {error.code}: {error.message}")
-                for node in self.batch.failed_start_tasks(use.pool_id):
-                    failure = node.start_task_info.failure_info if node.start_task_info else None
-                    key = f"start:{node.id}"
-                    if key not in use.reported:
-                        use.reported.add(key)
-                        code = failure.code if failure else "FailureExitCode"
-                        self.logger.error(f"SAJE: the start task failed on node {node.id} of pool {use.pool_id} ({code}); "
-                                          f"its logs: saje job logs --pool {use.pool_id} --node {node.id}")
+                self._report_pool_problems(use)
             except HttpResponseError:
                 continue
+            if not use.created or use.job_id not in waiting_jobs or usable.get(use.pool_id, 0) > 0:
+                use.unusable_since = None
+                continue
+            use.unusable_since = use.unusable_since or time.monotonic()
+            if time.monotonic() - use.unusable_since >= timeout:
+                found = "; ".join(use.problems) or "no Batch error reported (the nodes are still starting)"
+                stuck[use.job_id] = (
+                    f"SAJE: pool {use.pool_id} has had no usable node for {self.settings.pool_ready_timeout:g} minutes "
+                    f"(--saje-pool-ready-timeout) while this job waited: {found}. Fix the cause (quota, image, start task) "
+                    "or raise the timeout; the run's job and pool are deleted."
+                )
+        return stuck
+
+    def _report_pool_problems(self, use: PoolUse) -> None:
+        pool = self.batch.get_pool(use.pool_id)
+        for error in pool.resize_errors or []:
+            if error.code not in use.reported:
+                use.reported.add(error.code)
+                use.problems.append(f"{error.code}: {error.message}")
+                self.logger.error(f"SAJE: pool {use.pool_id} cannot grow: {error.code}: {error.message}")
+        for node in self.batch.failed_start_tasks(use.pool_id):
+            key = f"start:{node.id}"
+            if key in use.reported:
+                continue
+            use.reported.add(key)
+            failure = node.start_task_info.failure_info if node.start_task_info else None
+            code = failure.code if failure else "FailureExitCode"
+            target = LOG_DIR / use.pool_id / node.id / "startup-stderr.txt"
+            saved = self.batch.download_node_file(use.pool_id, node.id, "startup/stderr.txt", target)
+            use.problems.append(f"start task failed on node {node.id} ({code})")
+            self.logger.error(f"SAJE: the start task failed on node {node.id} of pool {use.pool_id} ({code})"
+                              + (f"; its stderr: {target}" if saved else ""))
 
     # ----------------------------------------------------------------- cancel and cleanup
     def cancel_jobs(self, active_jobs: List[SubmittedJobInfo]) -> None:
@@ -420,6 +455,11 @@ def _mpi_flavor(setting: str, launcher: str, rule: str = "?") -> mpi.MpiFlavor:
             raise mpi.MpiCommandError(f"SAJE cannot run rule {rule}: MPI flavour {setting!r} (resources "
                                       f"saje_mpi_flavor or --saje-mpi-flavor) is none of auto, {known}") from None
     return mpi.detect_flavor(launcher) or mpi.MpiFlavor.OPENMPI
+
+
+def _usable(counts) -> int:
+    """Idle or running nodes of a pool, dedicated and Spot (from list_pool_node_counts)."""
+    return sum(getattr(c, "idle", 0) + getattr(c, "running", 0) for c in (counts.dedicated, counts.low_priority) if c)
 
 
 def _is_loopback(endpoint: str) -> bool:

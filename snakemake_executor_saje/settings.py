@@ -170,10 +170,12 @@ class ExecutorSettings(ExecutorSettingsBase):
         default=None,
         metadata=_help("Virtual network subnet resource id for created pools."),
     )
-    pool_ready_timeout: int = field(
+    pool_ready_timeout: float = field(
         default=30,
         metadata=_help(
-            "Minutes to wait for a created pool to reach steady state before failing."
+            "Minutes a pool created for the run may go without a usable node while the run's"
+            " tasks wait on it (quota reached, image or start task failing). Then those jobs"
+            " fail with the pool's Batch errors, and the job and pool are deleted."
         ),
     )
     # --- software on the node ----------------------------------------------------
@@ -329,8 +331,8 @@ class ExecutorSettings(ExecutorSettingsBase):
             yield f"--saje-mpi-flavor must be one of {', '.join(MPI_FLAVORS)}, got {self.mpi_flavor!r}"
         if self.poll_interval <= 0:
             yield f"--saje-poll-interval must be > 0 seconds, got {self.poll_interval}"
-        if self.pool_ready_timeout < 1:
-            yield f"--saje-pool-ready-timeout must be >= 1 minute, got {self.pool_ready_timeout}"
+        if self.pool_ready_timeout <= 0:
+            yield f"--saje-pool-ready-timeout must be > 0 minutes, got {self.pool_ready_timeout}"
 
     @property
     def autoscale(self) -> bool:
