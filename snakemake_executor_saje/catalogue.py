@@ -142,10 +142,11 @@ def hourly_price(name: str, spot: bool = False) -> float | None:
 
 
 def price_info() -> dict[str, str]:
-    """Region, currency and date the price table refers to."""
+    """Region, currency, date and source of the price table."""
     data = _data()
     return {
         "region": str(data["price_region"]),
         "currency": str(data["price_currency"]),
         "date": str(data["price_date"]),
+        "source": str(data["price_source"]),
     }

@@ -15,7 +15,6 @@ from .job import job_summary, task_counts
 from .output import fmt_counts, fmt_money
 from .pool import pool_summary
 
-PRICE_SOURCE = "Azure retail price list (https://prices.azure.com/api/retail/prices), pay-as-you-go Linux"
 UNBILLED_STATES = frozenset({"preempted", "deallocated"})
 
 
@@ -77,7 +76,6 @@ def price_table() -> dict[str, str]:
     from .. import catalogue
 
     info = dict(catalogue.price_info())
-    info.setdefault("source", PRICE_SOURCE)
     return info
 
 
