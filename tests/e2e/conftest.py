@@ -6,6 +6,7 @@ remain" can be checked on the whole account, not just on ids the test happens to
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -89,6 +90,13 @@ def run_snakemake(workdir: Path, env: dict[str, str], *args: str, timeout: float
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT as a terminal gives it. A suite started in the background by a
+    non-interactive shell (`cmd &`) inherits SIGINT *ignored*, and Python then installs no
+    KeyboardInterrupt handler: Ctrl-C tests would test the caller's shell, not SAJE."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_snakemake(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen([SNAKEMAKE, *FAST_FLAGS, *args], cwd=workdir, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
