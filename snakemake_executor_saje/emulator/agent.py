@@ -216,15 +216,7 @@ class NodeAgent:
             procs = list(self._procs.get(key, []))
             if procs:
                 self._killed[key] = reason
-        for proc in procs:
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + KILL_GRACE_SECONDS
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(proc, signal.SIGKILL)
+        _terminate_groups(procs)
 
     # ----------------------------------------------------------------- start task
     def run_start_task(self, node: Node) -> None:
@@ -514,8 +506,7 @@ class NodeAgent:
             return
         with self._lock:
             leftovers = self._procs.pop(task.key, [])
-        for proc in leftovers:
-            _signal_group(proc, signal.SIGKILL)
+        _terminate_groups(leftovers)
         task_dir = primary.layout.task_dir(job.id, task.id)
         failure = self._upload_outputs(rest, task_dir / "wd", task_dir, exit_code, failure)
         subtask_results = []
@@ -531,6 +522,34 @@ class NodeAgent:
                                              "message": "The task exited with an exit code representing a failure"}
             subtask_results.append(record)
         self._report(task, attempt, exit_code, failure, primary, subtask_results)
+
+
+def _terminate_groups(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group, give the whole group (not just its leader) a grace period,
+    then SIGKILL what is left. The ssh shims in an mpirun's group stop their remote daemons on
+    SIGTERM; a SIGKILL straight away would leave those daemons orphaned on the other nodes."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE_SECONDS
+    for proc in procs:
+        while time.monotonic() < deadline and _group_alive(proc):
+            try:
+                proc.wait(timeout=0.05)  # reap the leader so its group can empty
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(proc, signal.SIGKILL)
+        try:
+            proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    try:
+        os.killpg(proc.pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
