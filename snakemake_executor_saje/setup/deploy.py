@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 from . import names
 from .clients import Arm, principal_of
-from .markers import SetupError, explain, is_not_found, markers_in, read_marker, wait_until
+from .markers import SetupError, existing, explain, is_not_found, markers_in, read_marker, wait_until
 
 __all__ = ["Plan", "plan", "STEPS", "register_provider", "ensure_resource_group", "ensure_role_assignment",
            "ensure_storage", "ensure_containers", "ensure_batch_account", "write_profile", "teardown", "rollback"]
@@ -126,14 +126,7 @@ def _value(x: Any) -> str:
 
 def _existing(p: Plan, doing: str, get: Callable[[], Any]) -> Any:
     """What ``get`` returns, or None when Azure answers 404."""
-    from azure.core.exceptions import AzureError
-
-    try:
-        return get()
-    except AzureError as exc:
-        if is_not_found(exc):
-            return None
-        raise explain(exc, doing, state_hint=_hint(p)) from None
+    return existing(get, doing, _hint(p))
 
 
 def _base(p: Plan, kind: str, rid: str, name: str, created: bool, run_id: str, **extra: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 from .. import catalogue
 from . import names
 from .clients import ARM_ENDPOINT, Arm
-from .markers import SetupError, explain, is_not_found, read_marker, wait_until
+from .markers import SetupError, existing, explain, is_not_found, read_marker, wait_until
 
 __all__ = ["BASE_IMAGES", "SCRIPTS", "ImagePlan", "image_plan", "ensure_network", "create_build_vm",
            "provision", "generalize", "ensure_gallery", "ensure_definition", "create_version", "cleanup_build",
@@ -190,14 +190,8 @@ def _call(p: ImagePlan, doing: str, fn: Callable[[], Any]) -> Any:
 
 
 def _existing(p: ImagePlan, doing: str, get: Callable[[], Any]) -> Any:
-    from azure.core.exceptions import AzureError
-
-    try:
-        return get()
-    except AzureError as exc:
-        if is_not_found(exc):
-            return None
-        raise explain(exc, doing, state_hint=_hint(p)) from None
+    """What ``get`` returns, or None when Azure answers 404."""
+    return existing(get, doing, _hint(p))
 
 
 def _record(kind: str, rid: str | None, name: str, created: bool, run_id: str, **extra: Any) -> dict[str, Any]:

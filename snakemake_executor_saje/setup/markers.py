@@ -114,3 +114,15 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: fl
         if time.monotonic() >= deadline:
             raise SetupError(f"Timed out after {timeout:g} s waiting for {what}.")
         time.sleep(interval)
+
+
+def existing(get: Callable[[], Any], doing: str, state_hint: str) -> Any:
+    """What ``get`` returns, or None when Azure answers 404; other errors explained for users."""
+    from azure.core.exceptions import AzureError
+
+    try:
+        return get()
+    except AzureError as exc:
+        if is_not_found(exc):
+            return None
+        raise explain(exc, doing, state_hint=state_hint) from None
