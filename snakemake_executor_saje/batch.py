@@ -178,22 +178,21 @@ class BatchGateway:
         return list(self.client.list_subtasks(job_id, task_id))
 
     def download_task_file(self, job_id: str, task_id: str, name: str, target: Path) -> bool:
-        try:
-            data = b"".join(self.client.download_task_file(job_id, task_id, name))
-        except (ResourceNotFoundError, ResourceExistsError, HttpResponseError):
-            return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        return True
+        return _save(lambda: self.client.download_task_file(job_id, task_id, name), target)
 
     def download_node_file(self, pool_id: str, node_id: str, name: str, target: Path) -> bool:
-        try:
-            data = b"".join(self.client.download_node_file(pool_id, node_id, name))
-        except (ResourceNotFoundError, ResourceExistsError, HttpResponseError):
-            return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        return True
+        return _save(lambda: self.client.download_node_file(pool_id, node_id, name), target)
+
+
+def _save(download, target: Path) -> bool:
+    """Write a downloaded file to `target`; False (nothing written) when Batch refuses or has none."""
+    try:
+        data = b"".join(download())
+    except (ResourceNotFoundError, ResourceExistsError, HttpResponseError):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return True
 
 
 def quiet_azure_sdk_logging() -> None:
