@@ -29,6 +29,8 @@ MAX_COLLECTION_BYTES = 1024 * 1024
 MAX_INTER_NODE_POOL_NODES = 100
 MAX_TASK_SLOTS_PER_NODE = 256
 
+# The failure a task gets when a user (or a job, node or pool action) ends it.
+USER_ENDED = ("usererror", "TaskEnded", "Task Was Ended by User Request")
 TASK_DEFAULT_CONSTRAINTS = {"maxWallClockTime": UNLIMITED_TEXT, "retentionTime": "P7D", "maxTaskRetryCount": 0}
 
 
@@ -451,7 +453,7 @@ class BatchState:
                     self.requeue(task, reason="node removed")
                 else:
                     self.on_kill(task, "terminate")
-                    self.complete_task(task, exit_code=None, failure=("usererror", "TaskEnded", "Task Was Ended by User Request"))
+                    self.complete_task(task, exit_code=None, failure=USER_ENDED)
         if not node.running:
             _set_state(node.rest, "leavingpool")
         self.save_node(node)
@@ -571,7 +573,7 @@ class BatchState:
                 continue
             if option == "terminate":
                 self.on_kill(task, "terminate")
-                self.complete_task(task, exit_code=None, failure=("usererror", "TaskEnded", "Task Was Ended by User Request"))
+                self.complete_task(task, exit_code=None, failure=USER_ENDED)
             elif option == "requeue":
                 self.requeue(task, reason="node action")
 
@@ -672,7 +674,7 @@ class BatchState:
         for task in job.tasks.values():
             if task.state in ("running", "preparing"):
                 self.on_kill(task, "terminate")
-                self.complete_task(task, exit_code=None, failure=("usererror", "TaskEnded", "Task Was Ended by User Request"), save=False)
+                self.complete_task(task, exit_code=None, failure=USER_ENDED, save=False)
                 ended.append(task)
             elif task.state == "active":
                 _set_state(task.rest, "completed")
@@ -855,7 +857,7 @@ class BatchState:
                 return
             if task.state in ("running", "preparing"):
                 self.on_kill(task, "terminate")
-                self.complete_task(task, exit_code=None, failure=("usererror", "TaskEnded", "Task Was Ended by User Request"))
+                self.complete_task(task, exit_code=None, failure=USER_ENDED)
             else:
                 try:
                     job.pending.remove(task_id)
@@ -864,7 +866,7 @@ class BatchState:
                 _set_state(task.rest, "completed")
                 task.rest["executionInfo"].update(
                     result="failure", endTime=iso_now(),
-                    failureInfo={"category": "usererror", "code": "TaskEnded", "message": "Task Was Ended by User Request"},
+                    failureInfo=dict(zip(("category", "code", "message"), USER_ENDED)),
                 )
                 self.save_task(task)
                 self.check_job_completion(job)
