@@ -276,7 +276,7 @@ class NodeAgent:
 
     # ----------------------------------------------------------------- tasks
     def run_task(self, task: Task, nodes: list[Node], attempt: int) -> None:
-        target = self._multi_instance_thread if task.instances > 1 else self._task_thread
+        target = self._multi_instance_thread if task.multi_instance else self._task_thread
         threading.Thread(target=target, args=(task, nodes, attempt), name=f"task-{task.id[:24]}", daemon=True).start()
 
     def _snapshot(self, task: Task) -> tuple[Job | None, dict[str, Any]]:
@@ -437,6 +437,10 @@ class NodeAgent:
         settings = rest["multiInstanceSettings"]
         primary = nodes[0]
         hosts = [n.address for n in nodes]
+        # CCP_NODES: "<count> <ip> <cores> <ip> <cores> ..." (the runtime environment variables reference).
+        pool = self.state.pools.get(primary.pool_id)
+        size = self.state.vm_size(pool.rest.get("vmSize", "")) if pool else None
+        ccp_nodes = " ".join([str(len(hosts)), *(f"{h} {size.vcpus if size else 1}" for h in hosts)])
         results: list[dict | None] = [None] * len(nodes)
         failure: Failure | None = None
 
@@ -448,7 +452,7 @@ class NodeAgent:
                 "AZ_BATCH_MASTER_NODE": f"{primary.address}:6000",
                 "AZ_BATCH_IS_CURRENT_NODE_MASTER": "true" if index == 0 else "false",
                 "AZ_BATCH_TASK_SHARED_DIR": str(task_dir),
-                "AZ_BATCH_INSTANCE_COUNT": str(len(nodes)),
+                "CCP_NODES": ccp_nodes,
             })
             return env
 

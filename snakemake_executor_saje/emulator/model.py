@@ -100,6 +100,13 @@ class Task:
         return self.rest["state"]
 
     @property
+    def multi_instance(self) -> bool:
+        """A task with multiInstanceSettings, whatever its numberOfInstances: one instance is still a
+        multi-instance task on Azure (coordination command, common resource files, AZ_BATCH_HOST_LIST
+        of one host, a whole node of an inter-node pool), not an ordinary task."""
+        return bool(self.rest.get("multiInstanceSettings"))
+
+    @property
     def instances(self) -> int:
         settings = self.rest.get("multiInstanceSettings")
         return int(settings.get("numberOfInstances") or 1) if settings else 1

@@ -250,7 +250,7 @@ class Scheduler:
         """Nodes for the task, or None. Multi-instance tasks need whole, free nodes on an inter-node pool;
         where the service would never schedule them (no inter-node communication, more than one slot
         per node), they wait forever, as there."""
-        if task.instances > 1:
+        if task.multi_instance:
             if not pool.rest.get("enableInterNodeCommunication") or pool.slots_per_node != 1:
                 return None
             free = [n for n in usable if not n.running]

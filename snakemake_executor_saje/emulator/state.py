@@ -905,13 +905,13 @@ class BatchState:
             "taskRootDirectoryUrl": f"{primary.rest['url']}/files/workitems/{task.job_id}/job-1/{task.id}",
         }
         for node in nodes:
-            slots = int(self.pools[node.pool_id].slots_per_node) if task.instances > 1 else required
+            slots = int(self.pools[node.pool_id].slots_per_node) if task.multi_instance else required
             node.used_slots += slots
             node.running.add(task.key)
-            if task.instances > 1:
+            if task.multi_instance:
                 node.reserved_for = task.key
             self._refresh_node_running(node)
-        if task.instances > 1:
+        if task.multi_instance:
             task.subtasks = [
                 {"id": index, "nodeInfo": {"nodeId": node.id, "poolId": node.pool_id, "nodeUrl": node.rest["url"],
                                            "affinityId": node.rest.get("affinityId"),
@@ -945,7 +945,7 @@ class BatchState:
             if node is None or task.key not in node.running:
                 continue
             node.running.discard(task.key)
-            slots = pool.slots_per_node if task.instances > 1 else int(task.rest.get("requiredSlots") or 1)
+            slots = pool.slots_per_node if task.multi_instance else int(task.rest.get("requiredSlots") or 1)
             node.used_slots = max(0, node.used_slots - slots)
             if node.reserved_for == task.key:
                 node.reserved_for = None

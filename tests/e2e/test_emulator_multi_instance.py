@@ -49,6 +49,48 @@ def test_multi_instance_across_two_nodes(batch_client):
     batch_client.begin_delete_pool(pool_id)
 
 
+def test_one_instance_is_still_a_multi_instance_task(emulator_with_storage):
+    """numberOfInstances 1 is valid (the spec's default) and runs as a multi-instance task, as on
+    Azure: common resource files into the task's shared dir, the coordination command, then the
+    application command with the multi-instance variables naming one host; no subtasks (the
+    primary, ID 0, is never listed among them)."""
+    from azure.storage.blob import BlobServiceClient
+
+    from tests.conftest import unique_id
+
+    emu = emulator_with_storage
+    container = unique_id("common").lower()
+    blobs = BlobServiceClient.from_connection_string(emu.azurite.connection_string)
+    blobs.create_container(container)
+    blobs.get_blob_client(container, "input.txt").upload_blob(b"shared input\n")
+    client = emu.client()
+    pool_id = make_pool(client, dedicated=1, enable_inter_node_communication=True, task_slots_per_node=1)
+    [node] = client.list_nodes(pool_id)
+    job_id = make_job(client, pool_id)
+    client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="one", command_line="/bin/sh -c 'env | grep -e ^AZ_BATCH_ -e ^CCP_NODES= | sort; "
+                               "cat $AZ_BATCH_TASK_SHARED_DIR/input.txt $AZ_BATCH_TASK_SHARED_DIR/env-true.txt >&2'",
+        multi_instance_settings=models.MultiInstanceSettings(
+            number_of_instances=1, coordination_command_line=ENV_DUMP,
+            common_resource_files=[models.ResourceFile(auto_storage_container_name=container)])))
+    task = completed(client, job_id, "one")
+    err = read_file(client, job_id, "one", "stderr.txt")
+    assert task.execution_info.result == "success", err
+    env = _env(read_file(client, job_id, "one"))
+    assert env["AZ_BATCH_HOST_LIST"] == env["AZ_BATCH_NODE_LIST"] == node.ip_address
+    assert env["AZ_BATCH_MASTER_NODE"] == f"{node.ip_address}:6000"
+    assert env["AZ_BATCH_IS_CURRENT_NODE_MASTER"] == "true"
+    assert env["AZ_BATCH_TASK_SHARED_DIR"] == env["AZ_BATCH_TASK_DIR"]
+    assert env["CCP_NODES"] == f"1 {node.ip_address} 2"  # Standard_D2s_v3: 2 cores
+    # The common file reached the shared dir, and the coordination command ran before the application.
+    assert err.startswith("shared input\n") and "AZ_BATCH_IS_CURRENT_NODE_MASTER=true" in err, err
+    assert list(client.list_subtasks(job_id, "one")) == []
+    # A multi-instance task holds its whole node, as on Azure.
+    assert task.required_slots == 1 and task.node_info.node_id == node.id
+    client.begin_delete_pool(pool_id)
+    client.close()
+
+
 def test_failing_coordination_fails_the_task(batch_client):
     pool_id = make_pool(batch_client, dedicated=2, enable_inter_node_communication=True)
     job_id = make_job(batch_client, pool_id)
