@@ -68,6 +68,7 @@ class Executor(RemoteExecutor):
         self.last_pool_check = 0.0
         self.uses_default_storage = bool(self.workflow.storage_settings.default_storage_provider)
         self.next_seconds_between_status_checks = float(self.settings.poll_interval)
+        self.srun_rules: set[str] = set()  # rules whose srun translation was logged
         _check_preemptible_settings(self.workflow.remote_execution_settings)
 
     # ----------------------------------------------------------------- submission
@@ -83,7 +84,7 @@ class Executor(RemoteExecutor):
                 by_use.setdefault(use.job_id, []).append((request, info))
             for job_id, items in by_use.items():
                 self.batch.submit(job_id, [request for request, _ in items])
-        except (mapping.JobMappingError, pools.PoolSpecError, BatchSubmitError, mpi.MpiCommandError) as exc:
+        except (mapping.JobMappingError, pools.PoolSpecError, BatchSubmitError) as exc:
             raise WorkflowError(str(exc)) from None
         except HttpResponseError as exc:
             raise WorkflowError(f"Azure Batch refused the submission: {describe_http_error(exc)}") from None
@@ -110,9 +111,9 @@ class Executor(RemoteExecutor):
             command = f". \"{pools.NODE_VENV}/bin/activate\" && {command}"
         coordination, common_files = None, []
         if plan is not None:
-            flavor = _mpi_flavor(plan.flavor, str(spec.resources.get("mpi", "")), spec.rule)
+            flavor = mpi.MpiFlavor(plan.flavor)
             environment.update(mpi.application_environment(flavor, plan.nodes, plan.tasks_per_node))
-            command = mpi.hostfile_script(flavor, plan.tasks_per_node) + command
+            command = mpi.hostfile_script(flavor, plan.tasks_per_node) + self._srun(spec.rule, plan) + command
             # Only the primary gets resourceFiles; every node gets commonResourceFiles (into the
             # task root dir), which the coordination command copies into its working dir.
             common_files = under(mpi.COMMON_FILES_DIR, resource_files)
@@ -134,6 +135,17 @@ class Executor(RemoteExecutor):
         request = mapping.task_request(spec, use.shape, options, plan)
         info = SubmittedJobInfo(job, external_jobid=request.id, aux={"batch_job": use.job_id, "pool": use.pool_id})
         return use, request, info
+
+    def _srun(self, rule: str, plan: mapping.MpiPlan) -> str:
+        """The application command's `srun` stand-in for a rule written with Slurm's srun, said
+        once per rule in the log; '' for other launchers."""
+        if plan.srun is None:
+            return ""
+        if rule not in self.srun_rules:
+            self.srun_rules.add(rule)
+            self.logger.info(f"SAJE: rule {rule}: resources mpi={plan.launcher!r} runs as "
+                             f"'{plan.srun.command}' over the task's {plan.nodes} node(s) (Azure Batch has no Slurm).")
+        return mpi.srun_shim_script(plan.srun, rule)
 
     def _job_command(self, job: JobExecutorInterface) -> str:
         """Snakemake's command for the job, run from the task's working directory.
@@ -172,13 +184,13 @@ class Executor(RemoteExecutor):
                     "create it (saje pool create) or leave the setting out so SAJE creates one for the run."
                 )
             shape = _shape_of_existing(self.batch.get_pool(pool_id), pool_class)
-            mapping.check_fits(spec, shape)
+            mapping.check_fits(spec, shape, self.settings.mpi_flavor)
             self._ensure_staging()
             created = False
         else:
             # Everything that can refuse the job runs before anything is created or uploaded.
             shape = pools.pool_shape(pool_class, self.settings, pool_id)
-            mapping.check_fits(spec, shape)
+            mapping.check_fits(spec, shape, self.settings.mpi_flavor)
             version = self.settings.snakemake_version or _snakemake_version()
             spec_request = pools.pool_spec(
                 pool_class, self.settings, self.run_id, snakemake_version=version, pip_packages=self._node_packages(),
@@ -439,24 +451,6 @@ class Executor(RemoteExecutor):
 
 
 # --------------------------------------------------------------------- helpers
-def _mpi_flavor(setting: str, launcher: str, rule: str = "?") -> mpi.MpiFlavor:
-    """The flavour from the rule's saje_mpi_flavor or --saje-mpi-flavor, else from the rule's
-    launcher, else Open MPI (what HPC images' default `mpirun` is). A launcher of another
-    resource manager (srun, ...) or an unknown flavour name is refused, naming the rule."""
-    try:
-        mpi.check_mpi_command(launcher)
-    except mpi.MpiCommandError as exc:
-        raise mpi.MpiCommandError(f"SAJE cannot run rule {rule}: {exc}") from None
-    if setting and setting != "auto":
-        try:
-            return mpi.MpiFlavor(str(setting).lower())
-        except ValueError:
-            known = ", ".join(f.value for f in mpi.MpiFlavor)
-            raise mpi.MpiCommandError(f"SAJE cannot run rule {rule}: MPI flavour {setting!r} (resources "
-                                      f"saje_mpi_flavor or --saje-mpi-flavor) is none of auto, {known}") from None
-    return mpi.detect_flavor(launcher) or mpi.MpiFlavor.OPENMPI
-
-
 def _usable(counts) -> int:
     """Idle or running nodes of a pool, dedicated and Spot (from list_pool_node_counts)."""
     return sum(getattr(c, "idle", 0) + getattr(c, "running", 0) for c in (counts.dedicated, counts.low_priority) if c)

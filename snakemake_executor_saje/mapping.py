@@ -10,11 +10,12 @@ moves between Slurm and SAJE unchanged::
     resources: mpi="mpirun", tasks=64, tasks_per_node=16   # or nodes=4
 
 ``plan_mpi`` turns those into an ``MpiPlan`` (nodes become the multi-instance
-task's numberOfInstances); the launcher environment (hostfile, per-flavour
+task's numberOfInstances; the flavour is resolved; Slurm's ``srun`` becomes a
+translation to ``mpirun -n N``); the launcher environment (hostfile, per-flavour
 variables, coordination command) is the caller's job, via ``mpi.py``, and
-reaches ``task_request`` through ``TaskOptions``. Every invalid combination is
-a ``JobMappingError`` naming the rule, what it asked for and what the pool has,
-raised before anything is submitted.
+reaches ``task_request`` through ``TaskOptions``. Every invalid combination
+(nodes and ranks, launcher, flavour) is a ``JobMappingError`` naming the rule,
+what it asked for and what the pool has, raised before anything is submitted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any, Mapping, Sequence
 
 from azure.batch import models
 from snakemake_interface_common.exceptions import WorkflowError
+
+from .mpi import MpiCommandError, SrunTranslation, check_mpi_command, resolve_flavor, srun_translation
 
 __all__ = [
     "JobMappingError",
@@ -99,15 +102,17 @@ class MpiPlan:
     """How an MPI job spreads: ``nodes`` instances, ``tasks`` ranks in all.
 
     ``tasks_per_node`` is the most ranks any node runs (the hostfile's slots);
-    ``cpus_per_task`` > 1 means hybrid MPI+OpenMP.
+    ``cpus_per_task`` > 1 means hybrid MPI+OpenMP; ``flavor`` is resolved (never
+    "auto"); ``srun`` says how a Slurm ``srun`` launcher runs, None for others.
     """
 
     nodes: int
     tasks: int
     tasks_per_node: int
     cpus_per_task: int
-    flavor: str = "auto"
+    flavor: str = "openmpi"
     launcher: str = "mpirun"
+    srun: SrunTranslation | None = None
 
 
 @dataclass(frozen=True)
@@ -347,25 +352,31 @@ def plan_mpi(job: JobSpec, pool: PoolShape, default_flavor: str = "auto") -> Mpi
             f"{asked} needs {nodes} nodes, but {_pool_desc(pool)}) grows to at most"
             f" {pool.max_nodes}. Raise --saje-mpi-max-nodes or ask for fewer nodes.",
         )
-    flavor = str(job.resources.get("saje_mpi_flavor") or default_flavor)
+    try:
+        check_mpi_command(str(launcher))
+        srun = srun_translation(str(launcher), tasks, job.rule)
+        flavor = resolve_flavor(job.resources.get("saje_mpi_flavor") or default_flavor, str(launcher))
+    except MpiCommandError as exc:
+        raise _fail(job, str(exc)) from None
     return MpiPlan(
         nodes=nodes,
         tasks=tasks,
         tasks_per_node=tpn,
         cpus_per_task=cpt,
-        flavor=flavor,
+        flavor=flavor.value,
         launcher=str(launcher),
+        srun=srun,
     )
 
 
-def check_fits(job: JobSpec, pool: PoolShape) -> None:
+def check_fits(job: JobSpec, pool: PoolShape, default_mpi_flavor: str = "auto") -> None:
     """Raise JobMappingError unless ``job`` fits ``pool``: memory and GPUs per node, then
-    slots (threads) or, for MPI, the nodes and ranks it asks for. What ``task_request``
-    checks, callable before anything (a pool, a task) is created."""
+    slots (threads) or, for MPI, the nodes and ranks it asks for, its launcher and flavour.
+    What ``task_request`` checks, callable before anything (a pool, a task) is created."""
     _check_fits_node(job, pool)
     if is_mpi(job):
         _check_mpi_pool(job, pool)
-        plan_mpi(job, pool)
+        plan_mpi(job, pool, default_mpi_flavor)
     else:
         required_slots(job, pool)
 

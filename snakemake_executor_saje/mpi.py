@@ -56,13 +56,19 @@ Launchers
 mpich (Intel MPI's Hydra reads the deprecated HYDRA_* names too); paths with "intel",
 "oneapi" or "impi" -> intelmpi; bare `mpirun`/`mpiexec` -> None (ambiguous: the caller
 needs an explicit flavour). `check_mpi_command` rejects launchers of other resource
-managers (`srun`, `aprun`, `jsrun`, `ibrun`, `flux`) with an actionable message.
+managers (`aprun`, `jsrun`, `ibrun`, `flux`, `qrsh`) with an actionable message. Slurm's
+`srun` is what Slurm users write (`mpi="srun"`), so it is translated rather than refused:
+`srun`, `srun -n N`, `srun --ntasks N`, `srun --ntasks=N` run as `mpirun -n N` (N defaults to
+the rule's tasks) through a small `srun` that `srun_shim_script` puts first on the task's
+PATH; every other srun option is refused, before anything is submitted, with the fix
+(`--set-resources RULE:mpi=mpirun`) in the message.
 """
 from __future__ import annotations
 
 import re
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 
 __all__ = [
@@ -71,6 +77,7 @@ __all__ = [
     "Fabric",
     "MpiCommandError",
     "MpiFlavor",
+    "SrunTranslation",
     "application_environment",
     "check_mpi_command",
     "coordination_command",
@@ -78,12 +85,18 @@ __all__ = [
     "hostfile_environment",
     "hostfile_line",
     "hostfile_script",
+    "resolve_flavor",
+    "srun_shim_script",
 ]
 
 # A shell word, expanded inside double quotes on the primary node.
 DEFAULT_HOSTFILE = "$AZ_BATCH_TASK_SHARED_DIR/saje_mpi_hostfile"
 # Where an MPI task's commonResourceFiles go, under AZ_BATCH_TASK_SHARED_DIR on every node.
 COMMON_FILES_DIR = "saje_common"
+# Where the application command writes the `srun` stand-in, under AZ_BATCH_TASK_SHARED_DIR.
+SRUN_SHIM_DIR = "saje_bin"
+# Every flavour's launcher answers to `mpirun` (Open MPI, HPC-X, MPICH's Hydra, Intel MPI).
+LAUNCHER = "mpirun"
 
 
 class MpiFlavor(str, Enum):
@@ -111,7 +124,7 @@ class MpiCommandError(ValueError):
 
 
 _FOREIGN_LAUNCHERS = {
-    "srun": "Slurm",
+    "srun": "Slurm",  # translated when only -n/--ntasks is given, see srun_translation
     "aprun": "Cray ALPS",
     "jsrun": "IBM LSF/JSM",
     "ibrun": "TACC",
@@ -131,18 +144,92 @@ def _launcher_words(mpi_command: str) -> list[str]:
     return words
 
 
+@dataclass(frozen=True)
+class SrunTranslation:
+    """How a rule's `srun` runs on Azure Batch: as `mpirun -n <ranks>`.
+
+    `ntasks` is the -n/--ntasks of `resources.mpi` (None: srun takes the rule's `tasks`, as
+    inside a Slurm allocation); `tasks` is the rule's rank count, the most srun may ask for.
+    """
+
+    tasks: int
+    ntasks: int | None = None
+
+    @property
+    def ranks(self) -> int:
+        return self.ntasks or self.tasks
+
+    @property
+    def command(self) -> str:
+        return f"{LAUNCHER} -n {self.ranks}"
+
+
+def _srun_fix(rule: str) -> str:
+    return (f"Azure Batch has no Slurm: SAJE runs only `srun`, `srun -n N` and `srun --ntasks[=]N` "
+            f"(as `{LAUNCHER} -n N` over the task's nodes). Drop the option, or run the rule with "
+            f"`--set-resources {rule}:mpi={LAUNCHER}`")
+
+
+def _ntasks(value: str, option: str, rule: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise MpiCommandError(f"srun {option} needs a positive number of tasks, not {value!r}. {_srun_fix(rule)}")
+    return int(value)
+
+
+def srun_translation(mpi_command: str, tasks: int, rule: str = "RULE") -> SrunTranslation | None:
+    """None when `mpi_command` is not `srun`; how it runs when it is. Raises MpiCommandError
+    for every option but -n/--ntasks, and for more ranks than the rule's `tasks` (Slurm would
+    refuse a step larger than its allocation)."""
+    words = _launcher_words(mpi_command)
+    if not words or words[0].rsplit("/", 1)[-1] != "srun":
+        return None
+    ntasks, rest = None, words[1:]
+    while rest:
+        word = rest.pop(0)
+        if word in ("-n", "--ntasks"):
+            if not rest:
+                raise MpiCommandError(f"srun {word} needs a number of tasks. {_srun_fix(rule)}")
+            ntasks = _ntasks(rest.pop(0), word, rule)
+        elif word.startswith("--ntasks="):
+            ntasks = _ntasks(word.split("=", 1)[1], "--ntasks", rule)
+        elif word.startswith("-n") and not word.startswith("--"):
+            ntasks = _ntasks(word[2:], "-n", rule)
+        else:
+            raise MpiCommandError(f"resources mpi={mpi_command!r}: srun {word!r} has no counterpart on Azure "
+                                  f"Batch. {_srun_fix(rule)}")
+    if ntasks is not None and ntasks > tasks:
+        raise MpiCommandError(f"resources mpi={mpi_command!r} asks for {ntasks} ranks, but the rule has "
+                              f"tasks={tasks}; raise tasks or lower -n")
+    return SrunTranslation(tasks=tasks, ntasks=ntasks)
+
+
 def check_mpi_command(mpi_command: str) -> None:
-    """Raise MpiCommandError for launchers that need another resource manager."""
+    """Raise MpiCommandError for launchers that need another resource manager (srun aside:
+    see `srun_translation`)."""
     words = _launcher_words(mpi_command)
     if not words:
         raise MpiCommandError("empty MPI launcher: set resources: mpi='mpirun' (or mpiexec)")
     name = words[0].rsplit("/", 1)[-1]
-    if name in _FOREIGN_LAUNCHERS:
+    if name in _FOREIGN_LAUNCHERS and name != "srun":
         raise MpiCommandError(
             f"MPI launcher {name!r} belongs to {_FOREIGN_LAUNCHERS[name]}, which Azure Batch "
             "does not run; use resources: mpi='mpirun' (or 'mpiexec') - SAJE points it at "
             "every node of the multi-instance task"
         )
+
+
+def resolve_flavor(setting: str | None, mpi_command: str) -> MpiFlavor:
+    """The flavour a rule runs with: `setting` (resources saje_mpi_flavor or --saje-mpi-flavor)
+    unless it is empty or "auto", else the one the launcher names, else Open MPI (the default
+    `mpirun` of the HPC images). Raises MpiCommandError for an unknown flavour name."""
+    if setting and str(setting).lower() != "auto":
+        try:
+            return MpiFlavor(str(setting).lower())
+        except ValueError:
+            known = ", ".join(f.value for f in MpiFlavor)
+            raise MpiCommandError(f"MPI flavour {setting!r} (resources saje_mpi_flavor or --saje-mpi-flavor) "
+                                  f"is none of auto, {known}") from None
+    return detect_flavor(mpi_command) or MpiFlavor.OPENMPI
 
 
 def detect_flavor(mpi_command: str) -> MpiFlavor | None:
@@ -288,6 +375,45 @@ def hostfile_script(flavor: MpiFlavor, slots_per_node: int, path: str = DEFAULT_
         "done\n"
         'IFS=$saje_ifs; unset saje_ifs saje_host\n'
         f"{exports}"
+    )
+
+
+def srun_shim_script(srun: SrunTranslation, rule: str = "RULE") -> str:
+    """A POSIX sh snippet for the application command, after `hostfile_script`: it writes an
+    `srun` into $AZ_BATCH_TASK_SHARED_DIR/saje_bin and puts that first on PATH, so the rule's
+    `{resources.mpi} ...` (and an `srun` written in its shell command) runs `mpirun -n N ...`
+    over the hostfile's nodes. It takes -n N, -nN, --ntasks N, --ntasks=N (N defaults to the
+    rule's tasks, at most that many) and refuses any other option with the fix, as
+    `srun_translation` does before submission. The snippet ends with a newline."""
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", rule):
+        raise ValueError(f"rule name {rule!r} is not an identifier")
+    fix = _srun_fix(rule).replace("`", "")
+    shim = f"""#!/bin/sh
+# srun of rule {rule} on Azure Batch, written by SAJE: runs {LAUNCHER} -n N over the task's nodes.
+n={srun.tasks}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --) shift; break ;;
+    -n|--ntasks) [ $# -ge 2 ] || {{ echo "saje: srun $1 needs a number of tasks" >&2; exit 2; }}; n=$2; shift 2 ;;
+    --ntasks=*) n=${{1#--ntasks=}}; shift ;;
+    --*) echo "saje: srun $1 has no counterpart on Azure Batch. {fix}" >&2; exit 2 ;;
+    -n*) n=${{1#-n}}; shift ;;
+    -*) echo "saje: srun $1 has no counterpart on Azure Batch. {fix}" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+case $n in ''|*[!0-9]*|0*) echo "saje: srun -n needs a positive number of tasks, not '$n'" >&2; exit 2 ;; esac
+if [ "$n" -gt {srun.tasks} ]; then echo "saje: srun -n $n asks for more ranks than the rule's tasks={srun.tasks}" >&2; exit 2; fi
+exec {LAUNCHER} -n "$n" "$@"
+"""
+    return (
+        f'saje_bin="$AZ_BATCH_TASK_SHARED_DIR/{SRUN_SHIM_DIR}"\n'
+        'mkdir -p "$saje_bin" || exit 1\n'
+        "cat > \"$saje_bin/srun\" <<'SAJE_SRUN'\n"
+        f"{shim}"
+        "SAJE_SRUN\n"
+        'chmod 755 "$saje_bin/srun" || exit 1\n'
+        'export PATH="$saje_bin:$PATH"; unset saje_bin\n'
     )
 
 

@@ -1,7 +1,9 @@
 """What tests/unit/test_mapping.py and test_pools.py leave out of an MPI rule's way to Batch.
 
 Those cover plan_mpi (every valid and invalid combination), the multi-instance settings and
-the RDMA pool spec. Here: the flavour choice (`executor._mpi_flavor`), the whole task
+the RDMA pool spec. Here: the flavour choice and the launcher check (`plan_mpi` with
+`mpi.resolve_flavor`), Slurm's srun and how it runs (`mpi.srun_translation`, the `srun`
+stand-in of `mpi.srun_shim_script`, run here as a real script), the whole task
 request a Slurm-style MPI rule becomes once the executor's MPI block has added the launcher
 environment, hostfile script and coordination command (and that its command writes the
 hostfile when run), and the digest a failed MPI task's error message shows.
@@ -15,8 +17,9 @@ from types import SimpleNamespace
 import pytest
 
 from snakemake_executor_saje import mpi
-from snakemake_executor_saje.executor import _mpi_failure_digest, _mpi_flavor
-from snakemake_executor_saje.mapping import JobSpec, PoolShape, plan_mpi, task_request, TaskOptions
+from snakemake_executor_saje.executor import _mpi_failure_digest
+from snakemake_executor_saje.mapping import (JobMappingError, JobSpec, PoolShape, check_fits, plan_mpi, task_request,
+                                             TaskOptions)
 
 MPI_POOL = PoolShape(pool_id="saje-run-mpi-1", vm_size="Standard_HB120rs_v3", vcpus=120, slots_per_node=1,
                      max_nodes=4, memory_gib=448, mpi=True)
@@ -38,21 +41,122 @@ MPI_POOL = PoolShape(pool_id="saje-run-mpi-1", vm_size="Standard_HB120rs_v3", vc
     ],
 )
 def test_flavor_choice(setting, launcher, flavor):
-    assert _mpi_flavor(setting, launcher, "simulate") is flavor
+    assert mpi.resolve_flavor(setting, launcher) is flavor
+    plan = plan_mpi(_job(launcher, tasks=4), MPI_POOL, setting)
+    assert plan.flavor == flavor.value
 
 
+def _job(launcher: str, rule: str = "simulate", **resources) -> JobSpec:
+    return JobSpec(rule=rule, jobid=7, command="x", resources={"mpi": launcher, **resources})
+
+
+@pytest.mark.parametrize("launcher", ["aprun -n 4", "jsrun", "/opt/flux/bin/flux run", "qrsh"])
 @pytest.mark.parametrize("setting", ["auto", "openmpi"])
-def test_foreign_launcher_refused_even_with_a_flavor(setting):
-    with pytest.raises(mpi.MpiCommandError, match=r"rule simulate: .*'srun' belongs to Slurm"):
-        _mpi_flavor(setting, "srun", "simulate")
+def test_foreign_launcher_refused_even_with_a_flavor(setting, launcher):
+    with pytest.raises(JobMappingError, match=r"rule simulate .*belongs to"):
+        check_fits(_job(launcher, tasks=4), MPI_POOL, setting)
 
 
 def test_unknown_flavor_names_rule_and_choices():
-    with pytest.raises(mpi.MpiCommandError) as info:
-        _mpi_flavor("mvapich", "mpirun", "simulate")
+    with pytest.raises(JobMappingError) as info:
+        check_fits(_job("mpirun", tasks=4), MPI_POOL, "mvapich")
     msg = str(info.value)
     assert "rule simulate" in msg and "'mvapich'" in msg and "saje_mpi_flavor" in msg
     assert all(f.value in msg for f in mpi.MpiFlavor)
+    with pytest.raises(JobMappingError, match="'mvapich'"):
+        check_fits(_job("mpirun", tasks=4, saje_mpi_flavor="mvapich"), MPI_POOL)
+
+
+# --- Slurm's srun --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "launcher, resources, ranks",
+    [
+        ("srun", {"tasks": 4}, 4),  # plain srun: the rule's tasks, as in a Slurm allocation
+        ("srun -n 4", {"tasks": 4}, 4),
+        ("srun -n4", {"tasks": 8}, 4),
+        ("srun --ntasks 2", {"tasks": 4}, 2),
+        ("srun --ntasks=3", {"tasks": 4}, 3),
+        ("/usr/bin/srun", {"nodes": 2, "tasks_per_node": 3}, 6),
+        ("srun", {"tasks_per_node": 2}, 2),
+    ],
+)
+def test_srun_runs_as_mpirun_with_the_same_count(launcher, resources, ranks):
+    plan = plan_mpi(_job(launcher, **resources), MPI_POOL)
+    assert plan.srun is not None and plan.srun.ranks == ranks
+    assert plan.srun.command == f"mpirun -n {ranks}"
+    assert plan.launcher == launcher and plan.flavor == "openmpi"  # srun names no flavour
+    assert plan_mpi(_job("mpirun", tasks=4), MPI_POOL).srun is None
+
+
+@pytest.mark.parametrize(
+    "launcher, fragment",
+    [
+        ("srun --mpi=pmix", "'--mpi=pmix' has no counterpart"),
+        ("srun --cpu-bind=cores -n 4", "'--cpu-bind=cores' has no counterpart"),
+        ("srun -N 2 -n 4", "'-N' has no counterpart"),
+        ("srun --exclusive", "'--exclusive' has no counterpart"),
+        ("srun -n", "-n needs a number of tasks"),
+        ("srun -n 0", "positive number of tasks, not '0'"),
+        ("srun --ntasks=four", "positive number of tasks, not 'four'"),
+        ("srun -n 8", "asks for 8 ranks, but the rule has tasks=4"),
+    ],
+)
+def test_other_srun_options_are_refused_with_the_fix(launcher, fragment):
+    """Refused by check_fits, which the executor runs before any pool, job or upload."""
+    with pytest.raises(JobMappingError) as info:
+        check_fits(_job(launcher, rule="align", tasks=4), MPI_POOL)
+    msg = str(info.value)
+    assert fragment in msg and "rule align" in msg, msg
+    if "tasks=4" not in fragment:
+        assert "--set-resources align:mpi=mpirun" in msg
+
+
+def _run_shim(tmp_path, srun: mpi.SrunTranslation, *args: str) -> subprocess.CompletedProcess:
+    """The application command's snippet, run for real; `mpirun` is a stub that prints its argv."""
+    (tmp_path / "stub").mkdir(exist_ok=True)
+    stub = tmp_path / "stub" / "mpirun"
+    stub.write_text('#!/bin/sh\necho "mpirun $*"\n')
+    stub.chmod(0o755)
+    script = mpi.srun_shim_script(srun, "align") + "srun " + " ".join(shlex.quote(a) for a in args) + "\n"
+    env = {"AZ_BATCH_TASK_SHARED_DIR": str(tmp_path / "shared"), "PATH": f"{tmp_path / 'stub'}:/usr/bin:/bin"}
+    return subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "args, argv",
+    [
+        (["./prog", "-n", "x"], "mpirun -n 4 ./prog -n x"),  # options after the program are the program's
+        (["-n", "2", "./prog"], "mpirun -n 2 ./prog"),
+        (["-n3", "./prog"], "mpirun -n 3 ./prog"),
+        (["--ntasks", "2", "./prog", "a b"], "mpirun -n 2 ./prog a b"),
+        (["--ntasks=1", "--", "./prog"], "mpirun -n 1 ./prog"),
+    ],
+)
+def test_srun_stand_in_runs_the_launcher(tmp_path, args, argv):
+    done = _run_shim(tmp_path, mpi.SrunTranslation(tasks=4), *args)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == argv
+    assert (tmp_path / "shared" / "saje_bin" / "srun").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--mpi=pmix", "./prog"], "srun --mpi=pmix has no counterpart"),
+        (["-c", "2", "./prog"], "srun -c has no counterpart"),
+        (["-n", "5", "./prog"], "asks for more ranks than the rule's tasks=4"),
+        (["-n", "x", "./prog"], "positive number of tasks, not 'x'"),
+        (["-n"], "needs a number of tasks"),
+    ],
+)
+def test_srun_stand_in_refuses_what_submission_refuses(tmp_path, args, fragment):
+    """An srun written in the rule's shell command (not in resources.mpi) meets the same rules."""
+    done = _run_shim(tmp_path, mpi.SrunTranslation(tasks=4), *args)
+    assert done.returncode == 2 and not done.stdout
+    assert fragment in done.stderr, done.stderr
+    if "counterpart" in fragment:
+        assert "--set-resources align:mpi=mpirun" in done.stderr
 
 
 # --- the whole request --------------------------------------------------------------------
