@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,11 +20,17 @@ from azure.batch.models import CreateTasksError
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.policies import RetryPolicy
 
-log = logging.getLogger(__name__)
 
 # What a poll needs of a task; keeping the list short keeps each poll cheap at 10,000 tasks.
 POLL_FIELDS = ["id", "state", "stateTransitionTime", "executionInfo", "nodeInfo"]
 CREATE_CONCURRENCY = 4
+TERMINATE_REASON = "SAJE: run cancelled"
+TERMINATE_WAIT_SECONDS = 120.0
+TERMINATE_POLL_SECONDS = 1
+# azure-batch 15.1 fails before sending a job terminate without options (no content type), and
+# exports its options model only from the private module its signature names; later versions
+# export it from azure.batch.models.
+_TerminateOptions = getattr(models, "BatchJobTerminateOptions", None) or models._models.BatchJobTerminateOptions
 
 
 class BatchRetryPolicy(RetryPolicy):
@@ -137,18 +144,29 @@ class BatchGateway:
         except ResourceNotFoundError:
             pass
 
-    def terminate_job(self, job_id: str, reason: str = "SAJE: run cancelled") -> None:
-        """Terminate the job, and with it every running task: one call, however many tasks.
-
-        Not waited for: the caller deletes the job next. (azure-batch 15.1 fails before sending
-        the request when no options body is given, hence the explicit one.)
-        """
-        try:
-            self.client.begin_terminate_job(job_id, models.BatchJobTerminateOptions(termination_reason=reason))
-        except (ResourceNotFoundError, ResourceExistsError):
-            pass
-        except HttpResponseError as exc:
-            log.warning("terminating Batch job %s failed: %s", job_id, exc.message)
+    def terminate_jobs(self, job_ids: Sequence[str], reason: str = TERMINATE_REASON, *,
+                       wait_seconds: float = TERMINATE_WAIT_SECONDS) -> dict[str, str]:
+        """Terminate the jobs, one call each however many tasks they have: Batch ends their running
+        tasks (completed, failureInfo TaskEnded) and records `reason` as the job's terminateReason.
+        Then wait, at most `wait_seconds` in all, until no job is 'terminating' any more, so that
+        the tasks have ended before the caller deletes jobs and pools. Returns {job id: what went
+        wrong} for the jobs Batch refused or that were still terminating at the deadline (deleting
+        them ends their tasks too); a job already gone or completed counts as terminated."""
+        pollers, problems = {}, {}
+        for job_id in job_ids:
+            try:
+                pollers[job_id] = self.client.begin_terminate_job(
+                    job_id, _TerminateOptions(termination_reason=reason), polling_interval=TERMINATE_POLL_SECONDS)
+            except (ResourceNotFoundError, ResourceExistsError):
+                pass
+            except HttpResponseError as exc:
+                problems[job_id] = describe_http_error(exc)
+        deadline = time.monotonic() + wait_seconds
+        for job_id, poller in pollers.items():
+            poller.wait(timeout=max(0.0, deadline - time.monotonic()))
+            if not poller.done():
+                problems[job_id] = f"still terminating after {wait_seconds:g} s"
+        return problems
 
     # ----------------------------------------------------------------- tasks
     def submit(self, job_id: str, tasks: Sequence[models.BatchTaskCreateOptions]) -> None:

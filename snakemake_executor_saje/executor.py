@@ -409,13 +409,22 @@ class Executor(RemoteExecutor):
 
     # ----------------------------------------------------------------- cancel and cleanup
     def cancel_jobs(self, active_jobs: List[SubmittedJobInfo]) -> None:
-        """Ctrl-C or an error: terminate every Batch job of the run (and so its running tasks),
-        one call per Batch job; `shutdown`, which Snakemake calls next, deletes jobs and pools."""
-        for use in list(self.uses.values()):
-            try:
-                self.batch.terminate_job(use.job_id)
-            except Exception as exc:  # cancelling must never stop the clean-up that follows
-                self.logger.warning(f"SAJE: could not terminate Batch job {use.job_id}: {exc}")
+        """Ctrl-C or an error: terminate every Batch job of the run, one call per Batch job, and
+        wait (bounded) until their running tasks have ended as terminated by the user, so that
+        nothing runs on when `shutdown`, which Snakemake calls next, deletes jobs and pools."""
+        job_ids = [use.job_id for use in self.uses.values()]
+        if not job_ids:
+            return
+        try:
+            problems = self.batch.terminate_jobs(job_ids)
+        except Exception as exc:  # cancelling must never stop the clean-up that follows
+            problems = dict.fromkeys(job_ids, str(exc))
+        for job_id in job_ids:
+            if job_id in problems:
+                self.logger.warning(f"SAJE: could not terminate Batch job {job_id}: {problems[job_id]}; "
+                                    "deleting it ends its tasks.")
+            else:
+                self.logger.info(f"SAJE: Batch job {job_id} terminated; its running tasks were ended.")
 
     def shutdown(self) -> None:
         try:

@@ -670,14 +670,15 @@ class BatchState:
         self.notify()
 
     def _end_all_tasks(self, job: Job) -> None:
+        """A job terminated or deleted: its running tasks end as ended by the user (completed,
+        failureInfo TaskEnded). Active tasks stay active and are never scheduled (the REST
+        reference, Terminate Job: "If there are any Tasks in the Job in the active state, they
+        will remain in the active state")."""
         ended = []
         for task in job.tasks.values():
             if task.state in ("running", "preparing"):
                 self.on_kill(task, "terminate")
                 self.complete_task(task, exit_code=None, failure=USER_ENDED, save=False)
-                ended.append(task)
-            elif task.state == "active":
-                _set_state(task.rest, "completed")
                 ended.append(task)
         job.pending.clear()
         self.save_tasks(ended)

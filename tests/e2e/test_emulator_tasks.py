@@ -51,6 +51,28 @@ def test_job_create_get_list_terminate_delete(batch_client, shared_pool):
     assert _code(info.value) == "JobNotFound"
 
 
+def test_terminate_ends_running_tasks_and_leaves_active_ones(batch_client):
+    """The REST reference, Terminate Job: running tasks are terminated, "If there are any Tasks in
+    the Job in the active state, they will remain in the active state" and are never scheduled."""
+    import time
+
+    pool_id = make_pool(batch_client, dedicated=1, task_slots_per_node=1)
+    job_id = make_job(batch_client, pool_id)
+    batch_client.create_task(job_id, task("running", "/bin/sleep 30"))
+    wait_for(lambda: batch_client.get_task(job_id, "running").state == "running", what="running")
+    batch_client.create_task(job_id, task("queued", "/bin/true"))  # the node's only slot is taken
+    batch_client.begin_terminate_job(job_id, {"terminateReason": "cancelled by the test"}, **POLL).result()
+    job = batch_client.get_job(job_id)
+    assert job.state == "completed" and job.execution_info.termination_reason == "cancelled by the test"
+    ended = batch_client.get_task(job_id, "running").execution_info
+    assert ended.result == "failure" and ended.failure_info.code == "TaskEnded"
+    assert ended.failure_info.category == "usererror" and ended.end_time is not None
+    time.sleep(0.5)  # the node is free again, and still the queued task is not scheduled
+    queued = batch_client.get_task(job_id, "queued")
+    assert queued.state == "active" and queued.node_info is None
+    batch_client.begin_delete_pool(pool_id)
+
+
 def test_missing_and_invalid_properties(batch_client, job):
     with pytest.raises(HttpResponseError) as info:
         batch_client.create_task(job, {"id": "nocommand"})

@@ -7,6 +7,7 @@ task's process is gone) goes through the emulator object; everything else is the
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -133,10 +134,24 @@ rule slow:
 """
 
 
-def test_ctrl_c_terminates_tasks_and_deletes_job_and_pool(tmp_path, saje_env, clean_account):
+def test_ctrl_c_terminates_tasks_and_deletes_job_and_pool(tmp_path, saje_env, clean_account, monkeypatch):
     pids = tmp_path / "pids.txt"
     workdir = write_workflow(tmp_path / "wf", SLOW.format(pids=pids))
     client = clean_account.client()
+    # Out of band, as a cloud test would read the account's task events: what the job's tasks
+    # and the job itself were when the run asked Batch to delete the job.
+    state, at_delete = clean_account.state, {}
+    original_delete = state.delete_job
+
+    def delete_job(job_id: str) -> None:
+        with state.lock:
+            job = state.job(job_id)
+            at_delete[job_id] = (job.state, (job.rest.get("executionInfo") or {}).get("terminateReason"),
+                                 {t.id: (t.state, (t.rest["executionInfo"].get("failureInfo") or {}).get("code"))
+                                  for t in job.tasks.values()})
+        original_delete(job_id)
+
+    monkeypatch.setattr(state, "delete_job", delete_job)
     proc = start_snakemake(workdir, saje_env)
     try:
         running = wait_for(lambda: [t for t in _tasks(client) if t.state == "running"], 90,
@@ -151,7 +166,15 @@ def test_ctrl_c_terminates_tasks_and_deletes_job_and_pool(tmp_path, saje_env, cl
             proc.kill()
         client.close()
     assert proc.returncode != 0
+    assert "could not terminate" not in out, out[-3000:]
     assert "SAJE: pool" in out and "deleted" in out, out[-3000:]
+    # Before the job was deleted, Batch had terminated it and ended its running tasks as a user's
+    # request ends them (completed, TaskEnded), with SAJE's reason on the job.
+    [(job_state, reason, tasks)] = at_delete.values()
+    assert job_state == "completed" and reason == "SAJE: run cancelled", at_delete
+    ended = {t.id for t in running}
+    assert ended <= set(tasks) and all(tasks[t] == ("completed", "TaskEnded") for t in ended), tasks
+    assert re.search(r"SAJE: Batch job \S+ terminated; its running tasks were ended", out), out[-3000:]
     # The tasks' processes are gone (what "terminated" means on a node).
     for pid in map(int, pids.read_text().split()):
         wait_for(lambda: not _alive(pid), 15, what=f"task process {pid} to end")
