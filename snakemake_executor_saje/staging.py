@@ -13,6 +13,7 @@ otherwise `storage_account_url` with an Entra credential signs user delegation S
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import hashlib
 import logging
 import os
@@ -20,7 +21,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
 from azure.batch import models
@@ -34,6 +35,8 @@ from azure.storage.blob import (
 log = logging.getLogger(__name__)
 
 SOURCES_BLOB = "sources/snakemake-workflow-sources.tar.xz"
+# The task's stdout.txt and stderr.txt, which sit one level above its working directory.
+LOG_FILE_PATTERN = "../std*.txt"
 # ResourceFile.fileMode of staged programs. Batch applies 0770 on Linux when it is unset (so
 # they would run anyway); SAJE says it rather than rely on that default.
 EXECUTABLE_MODE = "0755"
@@ -95,6 +98,24 @@ class Staging:
         staging = cls(service, container_name_for(run_id, prefix), key)
         staging._create_container()
         return staging
+
+    @classmethod
+    def attach(cls, container_url: str, credential: Callable[[], Any] | None = None) -> "Staging":
+        """An existing run's container, to read from another process (`saje job logs`): through
+        AZURE_STORAGE_CONNECTION_STRING when it names that account (Azurite, an account key),
+        else with `credential()` (Entra; default DefaultAzureCredential). A SAS in the URL is
+        dropped: the copies a task wrote with it are read with the caller's own rights."""
+        account_url, _, container = container_url.split("?", 1)[0].rstrip("/").rpartition("/")
+        connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if connection_string:
+            service = BlobServiceClient.from_connection_string(connection_string)
+            if service.url.rstrip("/") == account_url:
+                return cls(service, container, _key_from_connection_string(connection_string))
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential
+        return cls(BlobServiceClient(account_url, credential=credential()), container)
 
     def _create_container(self) -> None:
         from azure.core.exceptions import ResourceExistsError
@@ -187,7 +208,7 @@ class Staging:
         """stdout.txt/stderr.txt to blob whatever the outcome: autoscale may take the node (and its
         task files) away before a failed task's logs are fetched, the blob copy outlives it."""
         return [models.OutputFile(
-            file_pattern="../std*.txt",
+            file_pattern=LOG_FILE_PATTERN,
             destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
                 container_url=self.write_url(), path=log_blob(task_key, ""))),
             upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"),
@@ -196,7 +217,11 @@ class Staging:
     # ----------------------------------------------------------------- down
     def download_log(self, task_key: str, name: str, target: Path) -> bool:
         """The blob copy of a task's stdout.txt/stderr.txt (see `log_files`)."""
-        return self._download(self.service.get_container_client(self.container), log_blob(task_key, name), target)
+        return self.download_blob(log_blob(task_key, name), target)
+
+    def download_blob(self, name: str, target: Path) -> bool:
+        """One blob of the container to `target`; False when there is no such blob."""
+        return self._download(self.service.get_container_client(self.container), name, target)
 
     def download_outputs(self, task_key: str, paths: Iterable[str]) -> list[str]:
         """Fetch a finished job's outputs to their local paths; returns the ones missing in blob."""
@@ -242,6 +267,34 @@ class Staging:
 
 class StagingError(WorkflowError):
     """Staging cannot work as configured; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class LogCopy:
+    """Where a task's `log_files` rule puts the copies of its stdout.txt and stderr.txt."""
+
+    container_url: str  # without its SAS
+    prefix: str  # blob name prefix, e.g. logs/<task>/
+
+    @property
+    def container(self) -> str:
+        return self.container_url.rstrip("/").rpartition("/")[2]
+
+    def blob(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def holds(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, LOG_FILE_PATTERN.rpartition("/")[2])
+
+
+def log_copy_of(task: models.BatchTask) -> LogCopy | None:
+    """The blob copy of a task's logs that `Staging.log_files` asked Batch for, read from the task
+    itself (its outputFiles), so any process that can read the task finds it; None without one."""
+    for output in task.output_files or []:
+        container = output.destination.container if output.destination else None
+        if output.file_pattern == LOG_FILE_PATTERN and container is not None and container.container_url:
+            return LogCopy(container.container_url.split("?", 1)[0], container.path or "")
+    return None
 
 
 def under(directory: str, files: Iterable[models.ResourceFile]) -> list[models.ResourceFile]:

@@ -5,7 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_FAILED, EXIT_OK, CliError, Context, confirm, deletion_options, wait_gone
+from .common import (EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CliError, Context, batch_settings, confirm,
+                     deletion_options, wait_gone)
 from .output import state_name
 
 DEFAULT_LOG_FILES = ("stdout.txt", "stderr.txt")
@@ -94,6 +95,41 @@ def status(ctx: Context) -> int:
     return EXIT_OK
 
 
+class _LogCopies:
+    """The run's staging container, where SAJE's tasks also upload stdout.txt/stderr.txt when they
+    complete (`staging.Staging.log_files`): the copy that outlives the node autoscale removed."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.stagings: dict[str, Any] = {}
+
+    def fetch(self, job_id: str, task_id: str, name: str, path: Path) -> str | None:
+        """Download the copy of `name` to `path`; the blob it came from, or None."""
+        from ..staging import Staging, log_copy_of
+
+        copy = log_copy_of(self.ctx.client.get_task(job_id, task_id, select=["id", "outputFiles"]))
+        if copy is None or not copy.holds(name):
+            return None
+        staging = self.stagings.get(copy.container_url)
+        if staging is None:
+            staging = self.stagings[copy.container_url] = Staging.attach(copy.container_url, self._credential)
+        try:
+            found = staging.download_blob(copy.blob(name), path)
+        except Exception as exc:  # no rights on the account, account gone: say so, keep going
+            self.ctx.out.info(f"{task_id}: the run's staging container {copy.container} cannot be read: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            return None
+        return f"{copy.container}/{copy.blob(name)}" if found else None
+
+    def _credential(self) -> Any:
+        from ..credentials import CredentialsError, resolve_storage_credential
+
+        try:
+            return resolve_storage_credential(batch_settings(self.ctx.args))
+        except CredentialsError as exc:
+            raise CliError(str(exc), EXIT_CONFIG, "CredentialsError") from None
+
+
 def logs(ctx: Context) -> int:
     from ..batch import BatchGateway
 
@@ -108,28 +144,44 @@ def logs(ctx: Context) -> int:
         task_ids = [t.id for t in ctx.client.list_tasks(job_id, select=["id"])]
     else:
         task_ids = [f["id"] for f in _failed_tasks(ctx, job_id)]
-    gateway = BatchGateway(ctx.client)
+    gateway, copies = BatchGateway(ctx.client), _LogCopies(ctx)
     names = list(dict.fromkeys(args.file or DEFAULT_LOG_FILES))
     downloaded: list[dict[str, Any]] = []
     for task_id in task_ids:
         target = log_dir(args.dir, job_id, task_id)
-        got, missing = [], []
+        got, missing, sources = [], [], {}
         for name in names:
             path = target / name
-            (got if gateway.download_task_file(job_id, task_id, name, path) else missing).append(
-                str(path) if path.exists() else name)
-        downloaded.append({"task": task_id, "directory": str(target), "files": got, "missing": missing})
-        for name in missing:
-            ctx.out.info(f"{task_id}: no {name} (the task has not run, or its node is gone)")
+            if gateway.download_task_file(job_id, task_id, name, path):
+                sources[name] = "node"
+            elif blob := copies.fetch(job_id, task_id, name, path):
+                sources[name] = f"staging:{blob}"
+                ctx.out.info(f"{task_id}: {name} from the run's staging container ({blob}): "
+                             "the task's node is gone or has not kept the file")
+            else:
+                missing.append(name)
+                ctx.out.info(f"{task_id}: no {name} (the task has not run, or its node is gone and the run's "
+                             "staging container has no copy)")
+                continue
+            got.append(str(path))
+        downloaded.append({"task": task_id, "directory": str(target), "files": got, "missing": missing,
+                           "sources": sources})
     ctx.out.emit({"job": job_id, "tasks": downloaded})
     if not task_ids:
         ctx.out.print(f"Job {job_id} has no failed tasks; name tasks or pass --all to fetch others.")
         return EXIT_OK
-    ctx.out.table(f"Logs of job {job_id}", ("task", "directory", "files", "missing"),
-                  [(d["task"], d["directory"], len(d["files"]), ", ".join(d["missing"])) for d in downloaded])
+    ctx.out.table(f"Logs of job {job_id}", ("task", "directory", "files", "from", "missing"),
+                  [(d["task"], d["directory"], len(d["files"]), _sources(d["sources"]), ", ".join(d["missing"]))
+                   for d in downloaded])
     if not any(d["files"] for d in downloaded):
         raise CliError(f"No log file of job {job_id} could be downloaded.", EXIT_FAILED, "NoLogs")
     return EXIT_OK
+
+
+def _sources(sources: dict[str, str]) -> str:
+    """'node', 'staging container', or both, for the table."""
+    kinds = {"node" if where == "node" else "staging container" for where in sources.values()}
+    return ", ".join(sorted(kinds))
 
 
 def delete(ctx: Context) -> int:
@@ -161,7 +213,8 @@ def register(commands: argparse._SubParsersAction, parents: list[argparse.Argume
     p.set_defaults(func=status)
 
     p = actions.add_parser("logs", parents=parents,
-                           help="download stdout.txt/stderr.txt of the failed (or named) tasks")
+                           help="download stdout.txt/stderr.txt of the failed (or named) tasks, from their"
+                                " node or, once the node is gone, from the run's staging container")
     p.add_argument("job_id", metavar="JOB")
     p.add_argument("task_ids", metavar="TASK", nargs="*", help="tasks to fetch (default: every failed task)")
     p.add_argument("--all", action="store_true", help="every task of the job, not only failed ones")

@@ -266,6 +266,63 @@ def test_job_list_status_logs_delete(saje, client, tmp_path):
         delete_pool(saje, pool_id)
 
 
+def test_job_logs_of_a_task_whose_node_is_gone_come_from_the_staging_container(executor_emulator, monkeypatch,
+                                                                              capsys, tmp_path):
+    """A run's failed task, then autoscale takes its node away (here: remove_nodes, what autoscale
+    does): Batch has no files for it any more, the copies its output files rule (the executor's
+    own `Staging.log_files`) uploaded on completion are in the run's container."""
+    from snakemake_executor_saje.staging import Staging
+    from tests.conftest import completed, make_job, make_pool
+    from tests.e2e.conftest import assert_nothing_left
+
+    for key in list(os.environ):
+        if key.startswith(("SNAKEMAKE_SAJE_", "AZURE_")):
+            monkeypatch.delenv(key)
+    for key, value in client_environment(executor_emulator).items():
+        monkeypatch.setenv(key, value)
+    client = executor_emulator.client()
+    staging = Staging.connect(unique_id("logs-run"), account_url=None)
+    pool_id = make_pool(client, dedicated=1)
+    job_id = make_job(client, pool_id)
+    try:
+        client.create_task(job_id, models.BatchTaskCreateOptions(
+            id="align-1-a1", command_line="/bin/sh -c 'echo aligned half; echo bwa: index missing >&2; exit 3'",
+            output_files=staging.log_files("align-1-a1")))
+        node_id = completed(client, job_id, "align-1-a1").node_info.node_id
+        client.begin_remove_nodes(pool_id, models.BatchNodeRemoveOptions(node_ids=[node_id]),
+                                  polling_interval=1).result()
+        wait_for(lambda: not list(client.list_nodes(pool_id)), 30, what="the node to leave the pool")
+
+        capsys.readouterr()
+        rc = main(["--json", "job", "logs", job_id, "--dir", str(tmp_path)])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        [task] = json.loads(captured.out)["tasks"]
+        where = tmp_path / job_id / "align-1-a1"
+        assert (where / "stdout.txt").read_text() == "aligned half\n"
+        assert (where / "stderr.txt").read_text() == "bwa: index missing\n"
+        assert task["missing"] == [] and task["sources"] == {
+            name: f"staging:{staging.container}/logs/align-1-a1/{name}" for name in ("stdout.txt", "stderr.txt")}
+        # It says which copy it used, and never the SAS the task's output files carry.
+        assert f"stderr.txt from the run's staging container ({staging.container}/logs/align-1-a1/stderr.txt)" \
+            in " ".join(captured.err.split())
+        assert "sig=" not in captured.out + captured.err
+
+        # Without a copy (the run had no staging container), nothing can be fetched: exit 1.
+        client.create_task(job_id, models.BatchTaskCreateOptions(id="bare", command_line="/bin/false"))
+        wait_for(lambda: client.get_task(job_id, "bare").state == "active", what="bare queued")
+        rc = main(["--json", "job", "logs", job_id, "bare", "--dir", str(tmp_path)])
+        captured = capsys.readouterr()
+        assert rc == 1 and json.loads(captured.out)["tasks"][0]["missing"] == ["stdout.txt", "stderr.txt"]
+        assert "No log file of job" in captured.err
+    finally:
+        client.begin_delete_job(job_id)
+        client.begin_delete_pool(pool_id)
+        staging.delete()
+        client.close()
+    assert_nothing_left(executor_emulator)
+
+
 def test_status_spot_cost_is_unknown_not_zero(saje):
     pool_id = unique_id("cli-spot")
     rc, doc = saje("pool", "create", pool_id, "--vm-size", SIZE, "--nodes", "1", "--spot", "--wait", *FASTPOLL)
