@@ -266,7 +266,7 @@ class NodeAgent:
                 f = failure or Failure("usererror", "FailureExitCode", "The task exited with an exit code representing a failure")
                 info["failureInfo"] = {"category": f.category, "code": f.code, "message": f.message}
             if node.state == "waitingforstarttask":
-                _set_state(node.rest, "idle" if ok else "starttaskfailed")
+                _set_state(node.rest, "idle" if ok else "starttaskfailed", model="BatchNode")
             self.state.save_node(node)
             self.state.notify()
 
@@ -380,7 +380,7 @@ class NodeAgent:
             with self.state.lock:
                 if task.attempt == attempt and task.state == "preparing":
                     self.state._release_nodes(task)
-                    _set_state(task.rest, "active")
+                    _set_state(task.rest, "active", model="BatchTask")
                     job.pending.appendleft(task.id)
                     self.state.notify()
             return

@@ -7,6 +7,7 @@ answers 201 with ETag, Last-Modified and DataServiceId; errors are OData bodies 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import mimetypes
 import os
@@ -17,15 +18,16 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from . import errors, odata
+from . import errors, odata, schema
 from .errors import BatchError
+from .schema import request as request_schema
 from .model import Node, Task
 from .state import MAX_COLLECTION_BYTES, MAX_TASKS_PER_COLLECTION, BatchState
 from .timeutil import parse_iso, rfc1123, utcnow
 from .wire import Request, Response
 
 API_VERSIONS = {
-    "2025-06-01", "2024-07-01.20.0", "2024-02-01.19.0", "2023-11-01.18.0", "2023-05-01.17.0", "2022-10-01.16.0",
+    "2025-06-01", "2025-06-01.21.0", "2024-07-01.20.0", "2024-02-01.19.0", "2023-11-01.18.0", "2023-05-01.17.0", "2022-10-01.16.0",
 }
 MAX_RESULTS = 1000
 
@@ -45,6 +47,7 @@ class BatchApi:
 
     def __init__(self, state: BatchState):
         self.state = state
+        self.schema = schema.load()
         self.routes: list[Route] = []
         r = self._route
         r("GET", "/supportedimages", self.list_supported_images)
@@ -109,7 +112,53 @@ class BatchApi:
         if client_request_id:
             response.headers["client-request-id"] = client_request_id
         response.headers.setdefault("DataServiceVersion", "3.0")
+        if request.operation is not None and 200 <= response.status < 300:
+            self._declared_headers(request, response)
         return response
+
+    # Entity collections in a data plane path, and the state lookup for each (pool, node, job, task).
+    _ADDRESSED = {"pools": "pool", "nodes": "node", "jobs": "job", "tasks": "task"}
+
+    def _declared_headers(self, request: Request, response: Response) -> None:
+        """Fill in what the operation's answer declares (ETag, Last-Modified, DataServiceId) and
+        the handler did not set, from the entity the path addresses (an action on a pool answers
+        with the pool's). Nodes carry no eTag in their REST model: theirs is a digest of the node."""
+        present = {k.lower() for k in response.headers}
+        missing = [h for h in request.operation.headers if h.lower() not in present]
+        wanted = [h for h in missing if h in ("ETag", "Last-Modified", "DataServiceId")]
+        if not wanted:
+            return
+        with self.state.lock:
+            rest = self._addressed(request.segments)
+        if rest is None:
+            return
+        if "ETag" in wanted:
+            response.headers["ETag"] = rest.get("eTag") or "0x8D" + hashlib.sha256(
+                json.dumps(rest, sort_keys=True).encode()).hexdigest()[:13].upper()
+        if "Last-Modified" in wanted:
+            moment = rest.get("lastModified") or rest.get("stateTransitionTime")
+            response.headers["Last-Modified"] = rfc1123(parse_iso(moment) if moment else utcnow())
+        if "DataServiceId" in wanted:
+            response.headers["DataServiceId"] = rest["url"]
+
+    def _addressed(self, segments: list[str]) -> dict[str, Any] | None:
+        ids: dict[str, str] = {}
+        for collection, item in zip(segments[::2], segments[1::2]):
+            if collection not in self._ADDRESSED:
+                break
+            ids[self._ADDRESSED[collection]] = item
+        try:
+            if "task" in ids:
+                return self.state.task(ids["job"], ids["task"]).rest
+            if "job" in ids:
+                return self.state.job(ids["job"]).rest
+            if "node" in ids:
+                return self.state.node(ids["pool"], ids["node"]).rest
+            if "pool" in ids:
+                return self.state.pool(ids["pool"]).rest
+        except BatchError:
+            return None
+        return None
 
     def _dispatch(self, request: Request) -> Response:
         self._check_api_version(request)
@@ -124,10 +173,16 @@ class BatchApi:
             if route.method != request.method:
                 continue
             params = {k: _unquote(v) for k, v in match.groupdict().items()}
+            request.operation = self._operation(request.method, path)
             return route.handler(request, **params)
         if matched_path:
             raise BatchError(405, "UnsupportedHttpVerb", f"The resource doesn't support the specified HTTP verb {request.method}.")
         raise BatchError(404, "InvalidUri", "The requested URI does not represent any resource on the server.")
+
+    def _operation(self, method: str, path: str) -> schema.Operation | None:
+        """The SDK operation this request is (its body model, statuses, headers); literal paths first."""
+        candidates = [o for o in self.schema.operations if o.method == method and o.pattern.match(path)]
+        return min(candidates, key=lambda o: o.path.count("{"), default=None)
 
     def _check_api_version(self, request: Request) -> None:
         version = request.query.get("api-version")
@@ -138,16 +193,27 @@ class BatchApi:
             raise errors.invalid_query("api-version", version, "The specified api version is not supported by this service.")
 
     # ----------------------------------------------------------------- helpers
-    def _body(self, request: Request) -> dict[str, Any]:
+    def _body(self, request: Request, *, whole: bool = True) -> dict[str, Any]:
+        """The request body as the service reads it, checked against the operation's body model.
+
+        whole=False checks only that the body can be read (addtaskcollection validates each
+        task on its own, so one bad task fails alone)."""
         try:
             body = request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise BatchError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BatchError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.",
+                             [("Reason", f"The body is not valid JSON: {exc}.")]) from None
         if body is None:
             body = {}
-        if not isinstance(body, dict):
-            raise BatchError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.")
-        return body
+        model = request.operation.body if request.operation else None
+        if model is None:
+            if not isinstance(body, dict):
+                raise BatchError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.")
+            return body
+        if not whole:
+            request_schema.readable(model, body, self.schema)
+            return body
+        return request_schema.validated(model, body, self.schema)
 
     def _entity(self, rest: dict[str, Any], collection: str, request: Request | None = None) -> Response:
         if request is not None:
@@ -181,10 +247,10 @@ class BatchApi:
     def _check_conditions(self, request: Request, rest: dict[str, Any]) -> None:
         """If-Match / If-None-Match / If-(Un)Modified-Since, as the service honours them."""
         etag = rest.get("eTag")
-        if_match = request.headers.get("If-Match")
+        if_match = _bare_etag(request.headers.get("If-Match"))
         if if_match and if_match != "*" and if_match != etag:
             raise BatchError(412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met.")
-        if_none = request.headers.get("If-None-Match")
+        if_none = _bare_etag(request.headers.get("If-None-Match"))
         if if_none and (if_none == "*" or if_none == etag):
             if request.method in ("GET", "HEAD"):
                 raise BatchError(304, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met.")
@@ -387,7 +453,7 @@ class BatchApi:
                         self.state.terminate_task(job, task.id)
             from .state import _set_state
 
-            _set_state(j.rest, "disabled")
+            _set_state(j.rest, "disabled", model="BatchJob")
             self.state.save_job(j)
             return self._accepted(j.rest)
 
@@ -398,7 +464,7 @@ class BatchApi:
                 raise errors.conflict("JobNotDisabled", "The specified job is not in a disabled state.")
             from .state import _set_state
 
-            _set_state(j.rest, "active")
+            _set_state(j.rest, "active", model="BatchJob")
             self.state.save_job(j)
             self.state.notify()
             return self._accepted(j.rest)
@@ -429,9 +495,9 @@ class BatchApi:
         if len(request.body) > MAX_COLLECTION_BYTES:
             raise BatchError(413, "RequestBodyTooLarge", "The request body is too large and exceeds the maximum permissible limit.",
                              [("MaxLimit", str(MAX_COLLECTION_BYTES))])
-        body = self._body(request)
+        body = self._body(request, whole=False)
         tasks = body.get("value")
-        if not isinstance(tasks, list) or not tasks:
+        if not tasks:
             raise errors.missing_property("value")
         if len(tasks) > MAX_TASKS_PER_COLLECTION:
             raise errors.invalid_property("value", len(tasks),
@@ -503,6 +569,14 @@ class BatchApi:
         return _delete_file(request, root, path)
 
 
+def _bare_etag(value: str | None) -> str | None:
+    """A conditional header's entity tag as the service compares it: quotes (and W/) ignored."""
+    if not value:
+        return value
+    value = value.strip()
+    return value[2:].strip('"') if value.startswith("W/") else value.strip('"')
+
+
 # --------------------------------------------------------------------- files
 def _unquote(value: str) -> str:
     from urllib.parse import unquote
@@ -522,14 +596,17 @@ def _resolve(root: Path, path: str) -> Path:
 
 
 def _file_properties(path: Path, name: str, base_url: str) -> dict[str, Any]:
+    """A file list entry; directories carry no properties, and contentLength is an int64, which
+    the wire carries as a JSON string (spec example Tasks_ListTaskFiles: "contentLength": "1813")."""
     stat = path.stat()
     entry: dict[str, Any] = {"name": name, "url": f"{base_url}/{quote(name, safe='')}", "isDirectory": path.is_dir()}
-    props = {"creationTime": _iso_ts(stat.st_ctime), "lastModified": _iso_ts(stat.st_mtime),
-             "fileMode": oct(stat.st_mode)[2:].rjust(6, "0")}
     if not path.is_dir():
-        props["contentLength"] = stat.st_size
-        props["contentType"] = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    entry["properties"] = props
+        entry["properties"] = {
+            "creationTime": _iso_ts(stat.st_ctime), "lastModified": _iso_ts(stat.st_mtime),
+            "contentLength": str(stat.st_size),
+            "contentType": mimetypes.guess_type(name)[0] or "application/octet-stream",
+            "fileMode": oct(stat.st_mode)[2:].rjust(6, "0"),
+        }
     return entry
 
 
@@ -563,7 +640,7 @@ def _serve_file(request: Request, root: Path, path: str, base_url: str) -> Respo
     if target.is_dir():
         raise BatchError(409, "FileIsDirectory" if request.method != "HEAD" else "FileIsDirectory", "The specified path is a directory.")
     headers = {
-        "ocp-creation-time": rfc1123(_dt(stat.st_ctime)), "ocp-batch-file-isdirectory": "False",
+        "ocp-creation-time": rfc1123(_dt(stat.st_ctime)), "ocp-batch-file-isdirectory": "false",
         "ocp-batch-file-url": f"{base_url}/{quote(path, safe='')}", "ocp-batch-file-mode": oct(stat.st_mode)[2:].rjust(6, "0"),
         "Content-Type": "application/octet-stream", "Last-Modified": rfc1123(_dt(stat.st_mtime)),
     }

@@ -117,10 +117,10 @@ class Scheduler:
         dedicated, low = self.state._node_counts(pool)
         if (dedicated, low) == (target[True], target[False]) or pool.rest.get("resizeErrors"):
             if not any(n.removing for n in pool.nodes.values()):
-                _set_state(pool.rest, "steady", key="allocationState")
+                _set_state(pool.rest, "steady", key="allocationState", model="BatchPool")
         elif time.monotonic() - pool.resize_started > parse_duration(pool.rest.get("resizeTimeout", "PT15M")).total_seconds():
             self._resize_error(pool, "AllocationTimedout", "Desired number of dedicated nodes could not be allocated within the resize timeout.")
-            _set_state(pool.rest, "steady", key="allocationState")
+            _set_state(pool.rest, "steady", key="allocationState", model="BatchPool")
         pool.rest["currentDedicatedNodes"], pool.rest["currentLowPriorityNodes"] = dedicated, low
         self.state.save_pool(pool)
 
@@ -147,6 +147,19 @@ class Scheduler:
                 self._used_addresses.add(address)
                 return address
 
+    def _inbound_endpoints(self, pool: Pool, address: str) -> list[dict]:
+        """One endpoint per inbound NAT pool of the pool: the node's own frontend port out of the
+        pool's range (nth node, nth port), the node's address as its public one."""
+        nat_pools = ((pool.rest.get("networkConfiguration") or {}).get("endpointConfiguration") or {}).get("inboundNATPools") or []
+        index = pool.node_serial - 1
+        return [
+            {"name": f"{nat['name']}.{index}", "protocol": nat["protocol"], "publicIPAddress": address,
+             "publicFQDN": f"{pool.id.lower()}.{self.config.region}.cloudapp.azure.com",
+             "frontendPort": nat["frontendPortRangeStart"] + index % max(1, nat["frontendPortRangeEnd"] - nat["frontendPortRangeStart"] + 1),
+             "backendPort": nat["backendPort"]}
+            for nat in nat_pools
+        ]
+
     def _add_node(self, pool: Pool, dedicated: bool) -> Node:
         pool.node_serial += 1
         digest = hashlib.sha256(f"{pool.id}/{pool.node_serial}/{time.time_ns()}".encode()).hexdigest()
@@ -159,13 +172,12 @@ class Scheduler:
             "stateTransitionTime": now, "allocationTime": now, "ipAddress": address, "affinityId": f"TVM:{node_id}",
             "vmSize": pool.rest["vmSize"], "totalTasksRun": 0, "totalTasksSucceeded": 0, "runningTasksCount": 0,
             "runningTaskSlotsCount": 0, "isDedicated": dedicated,
-            "endpointConfiguration": {"inboundEndpoints": []},
+            "endpointConfiguration": {"inboundEndpoints": self._inbound_endpoints(pool, address)},
             "nodeAgentInfo": {"version": "1.12.10", "lastUpdateTime": now},
             "virtualMachineInfo": {"imageReference": pool.rest["virtualMachineConfiguration"]["imageReference"]},
         }
         if pool.rest.get("startTask"):
             rest["startTask"] = pool.rest["startTask"]
-        _touch(rest)
         node = Node(rest, pool.id, address, str(root), dedicated)
         node.ready_at = time.monotonic() + self.config.node_boot_seconds
         pool.nodes[node_id] = node
@@ -186,7 +198,7 @@ class Scheduler:
             if node.ready_at > now or node.removing:
                 continue
             if node.state == "creating":
-                _set_state(node.rest, "starting")
+                _set_state(node.rest, "starting", model="BatchNode")
                 node.ready_at = now + self.config.node_boot_seconds
             elif node.state in ("starting", "rebooting", "reimaging"):
                 NodeLayout(node.layout.root).create()
@@ -195,11 +207,11 @@ class Scheduler:
                 start = pool.rest.get("startTask")
                 if start:
                     wait = start.get("waitForSuccess", True)
-                    _set_state(node.rest, "waitingforstarttask" if wait else "idle")
+                    _set_state(node.rest, "waitingforstarttask" if wait else "idle", model="BatchNode")
                     node.rest["startTaskInfo"] = {"state": "running", "startTime": iso_now(), "retryCount": 0}
                     start_tasks.append(node)
                 else:
-                    _set_state(node.rest, "idle")
+                    _set_state(node.rest, "idle", model="BatchNode")
                 node.ready_at = float("inf")
             else:
                 continue

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import catalogue
-from . import errors
+from . import errors, schema
 from .config import EmulatorConfig
 from .errors import BatchError
 from .faults import FaultPlan
 from .model import Job, Node, Pool, Task
+from .schema import request as request_schema
 from .store import Store
 from .timeutil import UNLIMITED_TEXT, format_duration, iso_now, parse_duration, utcnow
 
@@ -35,7 +36,8 @@ TASK_DEFAULT_CONSTRAINTS = {"maxWallClockTime": UNLIMITED_TEXT, "retentionTime":
 
 
 def _etag() -> str:
-    return f'"0x8D{uuid.uuid4().hex[:13].upper()}"'
+    """A fresh entity tag, bare as the service sends it (spec examples: "eTag": "0x8D4EDFEBFADF4AB")."""
+    return f"0x8D{uuid.uuid4().hex[:13].upper()}"
 
 
 def _touch(rest: dict[str, Any]) -> None:
@@ -43,18 +45,21 @@ def _touch(rest: dict[str, Any]) -> None:
     rest["lastModified"] = iso_now()
 
 
-def _set_state(rest: dict[str, Any], state: str, *, key: str = "state") -> None:
-    """State change with the previous state kept, as the service reports it."""
+def _set_state(rest: dict[str, Any], state: str, *, key: str = "state", model: str) -> None:
+    """A state change, recorded with what the entity's REST model has: the previous state
+    (jobs, tasks, subtasks) and a new eTag/lastModified (pools, jobs, tasks), not on nodes."""
     if rest.get(key) == state:
         return
     now = iso_now()
-    if key == "state" and key in rest:
+    props = schema.load().models[model]["properties"]
+    if key == "state" and key in rest and "previousState" in props:
         rest["previousState"] = rest["state"]
         rest["previousStateTransitionTime"] = rest.get("stateTransitionTime")
     rest[key] = state
     # state -> stateTransitionTime, allocationState -> allocationStateTransitionTime
     rest[f"{key}TransitionTime"] = now
-    _touch(rest)
+    if "eTag" in props:
+        _touch(rest)
 
 
 def check_id(value: Any, prop: str = "id") -> str:
@@ -135,7 +140,7 @@ class BatchState:
             for node in pool.nodes.values():
                 node.used_slots, node.running, node.reserved_for = 0, set(), None
                 if node.state not in ("leavingpool", "preempted"):
-                    _set_state(node.rest, "starting")
+                    _set_state(node.rest, "starting", model="BatchNode")
                     node.rest["runningTasksCount"] = node.rest["runningTaskSlotsCount"] = 0
                     node.ready_at = 0.0
                     node.prepared_jobs.clear()
@@ -233,7 +238,6 @@ class BatchState:
                 "enableAutoScale": bool(body.get("enableAutoScale", False)),
                 "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "spread"},
                 "resizeTimeout": body.get("resizeTimeout", "PT15M"),
-                "currentNodeCommunicationMode": "simplified",
             })
             if rest["enableAutoScale"]:
                 rest.setdefault("autoScaleEvaluationInterval", "PT15M")
@@ -352,7 +356,7 @@ class BatchState:
                 return
             import time
 
-            _set_state(pool.rest, "deleting")
+            _set_state(pool.rest, "deleting", model="BatchPool")
             pool.deleting_since = time.monotonic()
             self.save_pool(pool)
             for node in pool.nodes.values():
@@ -392,7 +396,7 @@ class BatchState:
         import time
 
         if self._node_counts(pool) != (pool.rest.get("targetDedicatedNodes", 0), pool.rest.get("targetLowPriorityNodes", 0)):
-            _set_state(pool.rest, "resizing", key="allocationState")
+            _set_state(pool.rest, "resizing", key="allocationState", model="BatchPool")
             pool.rest.pop("resizeErrors", None)
             pool.resize_started = time.monotonic()
 
@@ -415,7 +419,7 @@ class BatchState:
                 pool.rest["currentDedicatedNodes"], pool.rest["currentLowPriorityNodes"] = dedicated, low
                 # PoolResizeErrorCodes.ResizeStopped: "The user stopped the resize operation."
                 pool.rest["resizeErrors"] = [{"code": "ResizeStopped", "message": "The user stopped the resize operation."}]
-                _set_state(pool.rest, "steady", key="allocationState")
+                _set_state(pool.rest, "steady", key="allocationState", model="BatchPool")
                 self.save_pool(pool)
 
     def remove_nodes(self, pool_id: str, body: dict[str, Any]) -> None:
@@ -436,7 +440,7 @@ class BatchState:
                 self.evict_node(node, option)
                 key = "targetDedicatedNodes" if node.dedicated else "targetLowPriorityNodes"
                 pool.rest[key] = max(0, int(pool.rest.get(key) or 0) - 1)
-            _set_state(pool.rest, "resizing", key="allocationState")
+            _set_state(pool.rest, "resizing", key="allocationState", model="BatchPool")
             self.save_pool(pool)
             self.notify()
 
@@ -455,7 +459,7 @@ class BatchState:
                     self.on_kill(task, "terminate")
                     self.complete_task(task, exit_code=None, failure=USER_ENDED)
         if not node.running:
-            _set_state(node.rest, "leavingpool")
+            _set_state(node.rest, "leavingpool", model="BatchNode")
         self.save_node(node)
 
     def preempt_node(self, pool_id: str, node_id: str) -> None:
@@ -470,7 +474,7 @@ class BatchState:
                 if task is not None:
                     self.requeue(task, reason="preempted")
             node.removing = "preempted"
-            _set_state(node.rest, "preempted")
+            _set_state(node.rest, "preempted", model="BatchNode")
             self.save_node(node)
             pool = self.pools[pool_id]
             self.begin_resize(pool)
@@ -559,9 +563,8 @@ class BatchState:
                 node.rest["schedulingState"] = "enabled"
             elif action in ("reboot", "reimage"):
                 self._release_node_tasks(node, (body or {}).get("nodeRebootOption") or (body or {}).get("nodeReimageOption") or "requeue")
-                _set_state(node.rest, "rebooting" if action == "reboot" else "reimaging")
+                _set_state(node.rest, "rebooting" if action == "reboot" else "reimaging", model="BatchNode")
                 node.ready_at = 0.0
-            _touch(node.rest)
             self.save_node(node)
             self.notify()
 
@@ -646,7 +649,7 @@ class BatchState:
                 return
             if job.state == "deleting":
                 raise errors.conflict("JobBeingDeleted", "The specified job has been marked for deletion and is being garbage collected.")
-            _set_state(job.rest, "terminating")
+            _set_state(job.rest, "terminating", model="BatchJob")
             job.rest.setdefault("executionInfo", {})["terminateReason"] = reason
             self._end_all_tasks(job)
             self._finish_terminate(job)
@@ -664,7 +667,7 @@ class BatchState:
     def complete_job(self, job: Job) -> None:
         if job.state != "terminating":
             return
-        _set_state(job.rest, "completed")
+        _set_state(job.rest, "completed", model="BatchJob")
         job.rest["executionInfo"]["endTime"] = iso_now()
         self.save_job(job)
         self.notify()
@@ -688,7 +691,7 @@ class BatchState:
             job = self.job(job_id)
             if job.state == "deleting":
                 return
-            _set_state(job.rest, "deleting")
+            _set_state(job.rest, "deleting", model="BatchJob")
             self._end_all_tasks(job)
             self.save_job(job)
             self.notify()
@@ -716,32 +719,30 @@ class BatchState:
             return {"taskCounts": counts, "taskSlotCounts": slots}
 
     # ----------------------------------------------------------------- tasks
-    def validate_task(self, body: dict[str, Any]) -> None:
+    def validate_task(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The task as the service reads it (schema first, then the service's own rules), or BatchError."""
+        body = request_schema.validated("BatchTaskCreateOptions", body)
         check_id(body.get("id"))
-        _require(body, "commandLine")
         slots = body.get("requiredSlots")
-        if slots is not None and (not isinstance(slots, int) or slots < 1):
+        if slots is not None and slots < 1:
             raise errors.invalid_property("requiredSlots", slots, "The value must be at least 1.")
         constraints = body.get("constraints") or {}
         for prop in ("maxWallClockTime", "retentionTime"):
             if constraints.get(prop) is not None:
                 _duration_property(f"constraints.{prop}", constraints[prop])
         retries = constraints.get("maxTaskRetryCount")
-        if retries is not None and (not isinstance(retries, int) or retries < -1):
+        if retries is not None and retries < -1:
             raise errors.invalid_property("constraints.maxTaskRetryCount", retries, "The value must be -1 (unlimited) or more.")
         multi = body.get("multiInstanceSettings")
         if multi is not None:
             count = multi.get("numberOfInstances", 1)
-            if not isinstance(count, int) or count < 1:
+            if count < 1:
                 raise errors.invalid_property("multiInstanceSettings.numberOfInstances", count, "The value must be at least 1.")
             if count > MAX_INTER_NODE_POOL_NODES:
                 raise errors.invalid_property("multiInstanceSettings.numberOfInstances", count,
                                               f"A multi-instance task can use at most {MAX_INTER_NODE_POOL_NODES} nodes.")
-            if slots not in (None, 1):
-                raise errors.invalid_property("requiredSlots", slots, "A multi-instance task must use 1 slot.")
-        for env in body.get("environmentSettings") or []:
-            if not env.get("name"):
-                raise errors.missing_property("environmentSettings.name")
+            # requiredSlots is not refused here: the spec's Tasks_CreateTaskCollection_Complex example
+            # adds a multi-instance task with requiredSlots 2 successfully (each instance holds a whole node).
         for index, resource in enumerate(body.get("resourceFiles") or []):
             sources = [k for k in ("autoStorageContainerName", "storageContainerUrl", "httpUrl") if resource.get(k)]
             if len(sources) != 1:
@@ -750,10 +751,9 @@ class BatchState:
             if resource.get("httpUrl") and not resource.get("filePath"):
                 raise errors.missing_property(f"resourceFiles[{index}].filePath")
         for index, output in enumerate(body.get("outputFiles") or []):
-            _require(output, "filePattern", "destination", "uploadOptions")
-            container = (output.get("destination") or {}).get("container") or {}
-            if not container.get("containerUrl"):
-                raise errors.missing_property(f"outputFiles[{index}].destination.container.containerUrl")
+            if not output["destination"].get("container"):
+                raise errors.missing_property(f"outputFiles[{index}].destination.container")
+        return body
 
     def _task_rest(self, job: Job, body: dict[str, Any]) -> dict[str, Any]:
         now = iso_now()
@@ -786,7 +786,7 @@ class BatchState:
         return job
 
     def add_task(self, job_id: str, body: dict[str, Any]) -> Task:
-        self.validate_task(body)
+        body = self.validate_task(body)
         with self.lock:
             job = self._job_accepting_tasks(job_id)
             if body["id"] in job.tasks:
@@ -805,7 +805,7 @@ class BatchState:
             results, added = [], []
             for body in bodies:
                 try:
-                    self.validate_task(body)
+                    body = self.validate_task(body)
                     if body["id"] in job.tasks:
                         raise errors.exists("Task")
                 except BatchError as exc:
@@ -864,7 +864,7 @@ class BatchState:
                     job.pending.remove(task_id)
                 except ValueError:
                     pass
-                _set_state(task.rest, "completed")
+                _set_state(task.rest, "completed", model="BatchTask")
                 task.rest["executionInfo"].update(
                     result="failure", endTime=iso_now(),
                     failureInfo=dict(zip(("category", "code", "message"), USER_ENDED)),
@@ -881,7 +881,7 @@ class BatchState:
             if task.state != "completed" or info.get("result") != "failure":
                 raise errors.conflict("TaskNotFailed" if task.state == "completed" else "TaskNotCompleted",
                                       "Only a completed task that failed can be reactivated.")
-            _set_state(task.rest, "active")
+            _set_state(task.rest, "active", model="BatchTask")
             task.rest["executionInfo"] = {"retryCount": 0, "requeueCount": info.get("requeueCount", 0)}
             task.rest.pop("nodeInfo", None)
             job.pending.append(task.id)
@@ -895,7 +895,7 @@ class BatchState:
         task.attempt += 1
         task.node_ids = [n.id for n in nodes]
         primary = nodes[0]
-        _set_state(task.rest, "preparing")
+        _set_state(task.rest, "preparing", model="BatchTask")
         task.rest["executionInfo"].pop("endTime", None)
         task.rest["executionInfo"].pop("exitCode", None)
         task.rest["executionInfo"].pop("failureInfo", None)
@@ -925,16 +925,16 @@ class BatchState:
         node.rest["runningTasksCount"] = len(node.running)
         node.rest["runningTaskSlotsCount"] = node.used_slots
         if node.state in ("idle", "running"):
-            _set_state(node.rest, "running" if node.running else "idle")
+            _set_state(node.rest, "running" if node.running else "idle", model="BatchNode")
 
     def mark_running(self, task: Task, attempt: int) -> bool:
         with self.lock:
             if task.attempt != attempt or task.state != "preparing":
                 return False
-            _set_state(task.rest, "running")
+            _set_state(task.rest, "running", model="BatchTask")
             task.rest["executionInfo"]["startTime"] = iso_now()
             for sub in task.subtasks:
-                _set_state(sub, "running")
+                _set_state(sub, "running", model="BatchSubtask")
                 sub["startTime"] = iso_now()
             self.save_task(task)
             return True
@@ -952,7 +952,7 @@ class BatchState:
                 node.reserved_for = None
             self._refresh_node_running(node)
             if node.removing and not node.running:
-                _set_state(node.rest, "leavingpool")
+                _set_state(node.rest, "leavingpool", model="BatchNode")
             self.save_node(node)
         task.node_ids = []
 
@@ -961,7 +961,7 @@ class BatchState:
         self.on_kill(task, "requeue")
         self._release_nodes(task)
         task.attempt += 1
-        _set_state(task.rest, "active")
+        _set_state(task.rest, "active", model="BatchTask")
         info = task.rest.setdefault("executionInfo", {})
         info["requeueCount"] = int(info.get("requeueCount", 0)) + 1
         info["lastRequeueTime"] = iso_now()
@@ -989,7 +989,7 @@ class BatchState:
             info["retryCount"] = int(info.get("retryCount", 0)) + 1
             info["lastRetryTime"] = now
             info["exitCode"] = exit_code
-            _set_state(task.rest, "active")
+            _set_state(task.rest, "active", model="BatchTask")
             if job is not None:
                 job.pending.appendleft(task.id)
             if save:
@@ -1009,9 +1009,9 @@ class BatchState:
             sub.update(result)
         for sub in task.subtasks:
             if sub.get("state") != "completed":
-                _set_state(sub, "completed")
+                _set_state(sub, "completed", model="BatchSubtask")
                 sub.setdefault("endTime", now)
-        _set_state(task.rest, "completed")
+        _set_state(task.rest, "completed", model="BatchTask")
         if save:
             self.save_task(task)
         if job is not None:
@@ -1046,19 +1046,19 @@ class BatchState:
         if action is None and info.get("result") == "failure" and job.rest.get("onTaskFailure") == "performexitoptionsjobaction":
             action = "terminate" if not conditions else None
         if action == "terminate" and job.state == "active":
-            _set_state(job.rest, "terminating")
+            _set_state(job.rest, "terminating", model="BatchJob")
             job.rest["executionInfo"]["terminateReason"] = "TaskFailed"
             self._end_all_tasks(job)
             self._finish_terminate(job)
         elif action == "disable" and job.state == "active":
-            _set_state(job.rest, "disabled")
+            _set_state(job.rest, "disabled", model="BatchJob")
             self.save_job(job)
 
     def check_job_completion(self, job: Job) -> None:
         if job.state != "active" or job.rest.get("onAllTasksComplete") != "terminatejob" or not job.tasks:
             return
         if all(t.state == "completed" for t in job.tasks.values()):
-            _set_state(job.rest, "terminating")
+            _set_state(job.rest, "terminating", model="BatchJob")
             job.rest["executionInfo"]["terminateReason"] = "AllTasksComplete"
             self._finish_terminate(job)
 

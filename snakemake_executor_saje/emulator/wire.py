@@ -40,6 +40,7 @@ class Request:
     headers: Headers
     body: bytes = b""
     tls: bool = False
+    operation: Any = None  # the service operation the request was routed to (set by the Batch API)
 
     @classmethod
     def from_target(cls, method: str, target: str, headers: Mapping[str, str], body: bytes = b"", tls: bool = False) -> "Request":

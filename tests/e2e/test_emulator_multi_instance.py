@@ -109,7 +109,7 @@ def test_multi_instance_never_scheduled_without_inter_node_communication(batch_c
     job_id = make_job(batch_client, pool_id)
     batch_client.create_task(job_id, models.BatchTaskCreateOptions(
         id="stuck", command_line="/bin/true",
-        multi_instance_settings=models.MultiInstanceSettings(number_of_instances=2)))
+        multi_instance_settings=models.MultiInstanceSettings(number_of_instances=2, coordination_command_line="/bin/true")))
     batch_client.create_task(job_id, models.BatchTaskCreateOptions(id="plain", command_line="/bin/true"))
     completed(batch_client, job_id, "plain")  # the pool is working...
     time.sleep(0.5)
@@ -148,7 +148,7 @@ def test_only_the_primary_gets_resource_files_common_ones_reach_every_node(emula
     prog = models.ResourceFile(auto_storage_container_name=container, blob_prefix="prog")
     client.create_task(job_id, models.BatchTaskCreateOptions(
         id="primary-only", command_line=RUN_EVERYWHERE, resource_files=[prog],
-        multi_instance_settings=models.MultiInstanceSettings(number_of_instances=2)))
+        multi_instance_settings=models.MultiInstanceSettings(number_of_instances=2, coordination_command_line="/bin/true")))
     task = completed(client, job_id, "primary-only", timeout=60)
     assert task.execution_info.result == "failure"
     out, err = read_file(client, job_id, "primary-only"), read_file(client, job_id, "primary-only", "stderr.txt")

@@ -223,7 +223,7 @@ class BatchProvider:
         if pool is None:
             return None
         view = public(record)
-        view["etag"] = pool.rest.get("eTag")
+        view["etag"] = f'W/"{pool.rest.get("eTag")}"'  # ARM quotes the data plane's bare tag
         view["properties"] = to_arm_pool(pool.rest)
         return view
 
