@@ -69,6 +69,7 @@ class Executor(RemoteExecutor):
         self.uses_default_storage = bool(self.workflow.storage_settings.default_storage_provider)
         self.next_seconds_between_status_checks = float(self.settings.poll_interval)
         self.srun_rules: set[str] = set()  # rules whose srun translation was logged
+        self.slurm_resources: set[str] = set()  # Slurm-only resources already said to be ignored
         _check_preemptible_settings(self.workflow.remote_execution_settings)
 
     # ----------------------------------------------------------------- submission
@@ -77,6 +78,7 @@ class Executor(RemoteExecutor):
 
     def run_jobs(self, jobs: List[JobExecutorInterface]) -> None:
         """Map every ready job, then create all their tasks with create_tasks (100 per request)."""
+        self._note_slurm_resources([mapping.job_spec_from_job(job, "") for job in jobs])
         by_use: dict[str, list] = {}
         try:
             for job in jobs:
@@ -135,6 +137,21 @@ class Executor(RemoteExecutor):
         request = mapping.task_request(spec, use.shape, options, plan)
         info = SubmittedJobInfo(job, external_jobid=request.id, aux={"batch_job": use.job_id, "pool": use.pool_id})
         return use, request, info
+
+    def _note_slurm_resources(self, specs: list[mapping.JobSpec]) -> None:
+        """Say once per resource name (one line for a run whose profile sets them) that Slurm's own
+        resources are carried to the node's Snakemake and have no effect on Azure Batch."""
+        new = {}
+        for spec in specs:
+            for name in mapping.slurm_only_resources(spec):
+                if name not in self.slurm_resources:
+                    new.setdefault(name, spec.rule)
+        if new:
+            self.slurm_resources.update(new)
+            rules = ", ".join(dict.fromkeys(new.values()))
+            self.logger.info(f"SAJE: resources {', '.join(new)} (rule {rules}) are Slurm's; Azure Batch has no "
+                             "partition, account or QOS, so SAJE carries them unchanged and ignores them (the VM "
+                             "size is the partition: saje_vm_size, --saje-vm-size).")
 
     def _srun(self, rule: str, plan: mapping.MpiPlan) -> str:
         """The application command's `srun` stand-in for a rule written with Slurm's srun, said

@@ -42,6 +42,7 @@ __all__ = [
     "MAX_INTER_NODE_NODES",
     "job_spec_from_job",
     "is_mpi",
+    "slurm_only_resources",
     "task_id",
     "command_line",
     "required_slots",
@@ -162,6 +163,19 @@ def job_spec_from_job(job: Any, command: str, *, preemptible: bool = False) -> J
         attempt=int(job.attempt or 1),
         preemptible=preemptible,
     )
+
+
+# Resources only a Slurm cluster acts on (snakemake-executor-plugin-slurm's docs): a rule or a
+# profile written for Slurm keeps them, SAJE carries them to the node's Snakemake unchanged and
+# ignores them. The VM size (saje_vm_size) plays the partition's part; there is no account or QOS.
+SLURM_ONLY_RESOURCES = frozenset({
+    "account", "partition", "qos", "constraint", "cluster", "clusters", "reservation", "gres", "mem_mb_per_cpu",
+})
+
+
+def slurm_only_resources(job: JobSpec) -> list[str]:
+    """The job's resources that mean something to Slurm only (``slurm_*`` and the names above)."""
+    return sorted(k for k in job.resources if k.startswith("slurm_") or k in SLURM_ONLY_RESOURCES)
 
 
 def is_mpi(job: JobSpec) -> bool:

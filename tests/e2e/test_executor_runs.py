@@ -122,6 +122,38 @@ def test_pool_batch_refuses_is_an_error_naming_the_property(tmp_path, saje_env, 
     assert "InvalidPropertyValue" in run.stdout and "PropertyName=autoScaleEvaluationInterval" in run.stdout
 
 
+# ----------------------------------------------------------------------------- Slurm resources
+def test_slurm_resources_are_carried_and_ignored_with_one_log_line(tmp_path, saje_env, clean_account):
+    """A profile written for snakemake-executor-plugin-slurm (account, partition, QOS, extra sbatch
+    flags, constraints) runs unchanged: the node's Snakemake gets them, Batch ignores them."""
+    workdir = write_workflow(tmp_path / "wf", """
+        rule all:
+            input: "a.txt", "b.txt"
+
+        rule a:
+            output: "a.txt"
+            resources: constraint="skylake"
+            shell: "echo {resources.slurm_partition} {resources.constraint} > {output}"
+
+        rule b:
+            output: "b.txt"
+            shell: "echo {resources.slurm_partition} {resources.slurm_account} {resources.slurm_extra} > {output}"
+        """)
+
+    run = run_snakemake(workdir, saje_env,
+                        "--default-resources", "slurm_account=proj123", "slurm_partition=compute", "qos=normal",
+                        "slurm_extra='--mail-type=ALL'", "constraint=none", "mem_mb_per_cpu=1800",
+                        "--set-resources", "b:slurm_partition=bigmem", "b:slurm_extra='--nice=150'")
+
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert (workdir / "a.txt").read_text() == "compute skylake\n"  # carried to the node as given
+    assert (workdir / "b.txt").read_text() == "bigmem proj123 --nice=150\n"
+    said = [line for line in run.stdout.splitlines() if "are Slurm's" in line]
+    assert len(said) == 1, said
+    for name in ("constraint", "mem_mb_per_cpu", "qos", "slurm_account", "slurm_extra", "slurm_partition"):
+        assert name in said[0]
+
+
 # ----------------------------------------------------------------------------- Ctrl-C
 SLOW = """
 rule all:

@@ -21,6 +21,7 @@ from snakemake_executor_saje.mapping import (
     job_spec_from_job,
     plan_mpi,
     required_slots,
+    slurm_only_resources,
     task_id,
     task_request,
 )
@@ -314,3 +315,12 @@ def test_job_spec_from_group_job():
     spec = job_spec_from_job(fake, "cmd")
     assert spec.is_group and spec.wildcards == {} and spec.resources == {"runtime": 10}
     assert VALID_ID.match(task_id(spec.rule, spec.jobid, spec.attempt))
+
+
+def test_slurm_only_resources_are_named():
+    spec = job(resources={"slurm_partition": "gpu", "slurm_account": "p1", "slurm_extra": "'--qos=long'", "qos": "x",
+                          "constraint": "skylake", "clusters": "c1", "mem_mb": 1000, "runtime": 5, "tasks": 4,
+                          "saje_vm_size": "Standard_D4s_v5", "gpu": 1})
+    assert slurm_only_resources(spec) == ["clusters", "constraint", "qos", "slurm_account", "slurm_extra",
+                                          "slurm_partition"]
+    assert slurm_only_resources(job(resources={"mem_mb": 1000})) == []
