@@ -233,17 +233,21 @@ def _pool_desc(pool: PoolShape) -> str:
 
 
 def required_slots(job: JobSpec, pool: PoolShape) -> int:
-    """Task slots the job takes: its threads, which must fit one node's slots."""
-    threads = max(1, int(job.threads or 1))
-    if threads > pool.slots_per_node:
+    """Task slots the job takes, which must fit one node's slots: its ``cpus_per_task`` when the
+    rule sets it (snakemake-executor-plugin-slurm's alternative to ``threads``, which takes
+    precedence there too), else its threads."""
+    cpus = _positive_int(job, "cpus_per_task")
+    cores = cpus or max(1, int(job.threads or 1))
+    if cores > pool.slots_per_node:
+        asked = f"cpus_per_task={cpus}" if cpus else f"{cores} threads"
         raise _fail(
             job,
-            f"it asks for {threads} threads, but {_pool_desc(pool)}) has"
-            f" {pool.slots_per_node} task slots per node. Lower the rule's threads or"
+            f"it asks for {asked}, but {_pool_desc(pool)}) has"
+            f" {pool.slots_per_node} task slots per node. Lower the rule's {'cpus_per_task' if cpus else 'threads'} or"
             " choose a larger VM size (resources saje_vm_size, --saje-vm-size,"
             " --saje-task-slots-per-node).",
         )
-    return threads
+    return cores
 
 
 def _check_fits_node(job: JobSpec, pool: PoolShape) -> None:

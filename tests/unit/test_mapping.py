@@ -324,3 +324,11 @@ def test_slurm_only_resources_are_named():
     assert slurm_only_resources(spec) == ["clusters", "constraint", "qos", "slurm_account", "slurm_extra",
                                           "slurm_partition"]
     assert slurm_only_resources(job(resources={"mem_mb": 1000})) == []
+
+
+def test_cpus_per_task_takes_the_slots_as_on_slurm():
+    """The Slurm plugin's `resources: cpus_per_task=8` instead of `threads: 8` reserves 8 cores there."""
+    assert task_request(job(threads=1, resources={"cpus_per_task": 4}), HTC).required_slots == 4
+    assert task_request(job(threads=2), HTC).required_slots == 2
+    with pytest.raises(JobMappingError, match=r"asks for cpus_per_task=8, but pool .* Lower the rule's cpus_per_task"):
+        check_fits(job(threads=1, resources={"cpus_per_task": 8}), HTC)
