@@ -169,7 +169,8 @@ def job_spec_from_job(job: Any, command: str, *, preemptible: bool = False) -> J
 # profile written for Slurm keeps them, SAJE carries them to the node's Snakemake unchanged and
 # ignores them. The VM size (saje_vm_size) plays the partition's part; there is no account or QOS.
 SLURM_ONLY_RESOURCES = frozenset({
-    "account", "partition", "qos", "constraint", "cluster", "clusters", "reservation", "gres", "mem_mb_per_cpu",
+    "account", "partition", "qos", "constraint", "cluster", "clusters", "reservation", "gres", "gpu_model",
+    "mem_mb_per_cpu",
 })
 
 
