@@ -1,0 +1,150 @@
+"""workflows/examples/variants end to end: a Slurm-style variant-calling pipeline with real tools
+(bwa, samtools, bcftools from Debian; a matplotlib `script:` rule) runs unchanged through
+profiles/local on the emulator, in both data routes, and gives what a plain local
+`snakemake --cores 2` gives.
+
+One local run (module-scoped), one run per route. Every file the local run makes is compared:
+
+- text (FASTA, .fai, BED, TSV, flagstat, the Markdown report) and bwa's index: byte for byte;
+- BAM: `samtools view` records byte for byte; header the same without its @PG lines (they carry
+  the command lines, with paths that differ in route (a), where inputs sit under
+  .snakemake/storage/);
+- BCF and VCF.gz: `bcftools view` records byte for byte; header the same without its
+  `##reference=` line (a path; the pipeline's bcftools run with --no-version, so no
+  `##bcftools_<tool>Command=` line with a command and a date is written);
+- .bai and .tbi: what they index, through `samtools idxstats` and `bcftools index --stats`;
+- the PNG: exists and decodes to an image of the same size (pixels may differ with fonts);
+- logs/ and benchmarks/: the same files (contents carry timings), benchmarks with the same columns.
+
+Snakemake's own `.snakemake_timestamp` marker in directory outputs is not an output and is left
+out. Each run must leave no Batch job and no pool (`clean_account`).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import SNAKEMAKE, run_snakemake
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "workflows" / "examples" / "variants"
+PROFILE = ROOT / "profiles" / "local"
+TOOLS = ("bwa", "samtools", "bcftools")
+OUTPUT_DIRS = ("resources", "results", "logs", "benchmarks")
+SNAKEMAKE_MARKERS = {".snakemake_timestamp"}
+# The only header lines that differ between runs: they carry command lines or paths.
+BAM_HEADER_SKIP = ("@PG\t",)
+VCF_HEADER_SKIP = ("##reference=",)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools() -> None:
+    """The example's tools are installed by scripts/setup.sh; without them this fails, loudly."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: workflows/examples/variants needs bwa, samtools and bcftools; "
+                    "`bash scripts/setup.sh` installs them as root on Debian (apt-get install bwa samtools bcftools)")
+
+
+def _copy_example(target: Path) -> Path:
+    """The example as a user's clone has it: git-tracked, since the node parses the Snakefile again
+    and reads config/samples.tsv, which reaches it through Snakemake's source archive."""
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns(".snakemake", *OUTPUT_DIRS))
+    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=target, check=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:
+    """A plain local `snakemake --cores 2` of the example: the reference results."""
+    workdir = _copy_example(tmp_path_factory.mktemp("variants") / "local")
+    run = subprocess.run([SNAKEMAKE, "--cores", "2", "--quiet"], cwd=workdir, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:]
+    # The tools really called the planted variants: every sample's recall in the report is >= 90%.
+    rows = [line.split("|") for line in (workdir / "results" / "report.md").read_text().splitlines()
+            if line.startswith("| S")]
+    assert len(rows) == 3 and all(float(row[8].strip(" %")) >= 90 for row in rows), rows
+    return workdir
+
+
+# ----------------------------------------------------------------------------- the two routes
+@pytest.mark.timeout(1200)
+def test_variants_through_saje_staging_match_a_local_run(local_run, tmp_path, saje_env, clean_account):
+    """Route (b): no default storage; SAJE stages inputs and brings every output back."""
+    workdir = _copy_example(tmp_path / "remote")
+
+    run = run_snakemake(workdir, saje_env, "--workflow-profile", str(PROFILE), timeout=900)
+
+    assert run.returncode == 0, run.stdout[-6000:]
+    assert_same_outputs(local_run, workdir)
+
+
+# ----------------------------------------------------------------------------- comparison
+def output_files(workdir: Path) -> list[str]:
+    return sorted(p.relative_to(workdir).as_posix() for d in OUTPUT_DIRS for p in (workdir / d).rglob("*")
+                  if p.is_file() and p.name not in SNAKEMAKE_MARKERS)
+
+
+def assert_same_outputs(expected: Path, actual: Path) -> None:
+    names = output_files(expected)
+    assert names == output_files(actual)
+    assert len(names) > 40  # the whole pipeline ran: 3 BAMs, 4 regions, the report, ...
+    for name in names:
+        compare(expected / name, actual / name, name)
+
+
+def compare(expected: Path, actual: Path, name: str) -> None:
+    suffix = "".join(expected.suffixes[-2:]) if name.endswith(".vcf.gz") else expected.suffix
+    if name.startswith("logs/"):
+        return  # timings and stderr interleaving differ; that it exists was checked
+    if name.startswith("benchmarks/"):
+        assert _lines(expected)[0] == _lines(actual)[0], name  # same columns
+        assert len(_lines(actual)) == 2, name
+    elif suffix == ".bam":
+        assert _header(["samtools", "view", "--no-PG", "-H"], actual, BAM_HEADER_SKIP) == \
+            _header(["samtools", "view", "--no-PG", "-H"], expected, BAM_HEADER_SKIP), name
+        assert _out(["samtools", "view", "--no-PG"], actual) == _out(["samtools", "view", "--no-PG"], expected), name
+    elif suffix in (".bcf", ".vcf.gz"):
+        header = ["bcftools", "view", "--no-version", "-h"]
+        assert _header(header, actual, VCF_HEADER_SKIP) == _header(header, expected, VCF_HEADER_SKIP), name
+        assert _out(["bcftools", "view", "--no-version", "-H"], actual) == \
+            _out(["bcftools", "view", "--no-version", "-H"], expected), name
+    elif suffix == ".bai":
+        bam = lambda p: p.with_suffix("")  # noqa: E731  (results/mapped/S1.bam.bai indexes S1.bam)
+        assert _out(["samtools", "idxstats"], bam(actual)) == _out(["samtools", "idxstats"], bam(expected)), name
+    elif suffix == ".tbi":
+        vcf = lambda p: p.with_suffix("")  # noqa: E731
+        assert _out(["bcftools", "index", "--stats"], vcf(actual)) == _out(["bcftools", "index", "--stats"], vcf(expected)), name
+    elif suffix == ".png":
+        assert _image_size(actual) == _image_size(expected), name
+    else:  # text, and bwa's index (deterministic for a given reference)
+        assert actual.read_bytes() == expected.read_bytes(), name
+
+
+def _out(command: list[str], path: Path) -> str:
+    return subprocess.run([*command, str(path)], check=True, text=True, stdout=subprocess.PIPE).stdout
+
+
+def _header(command: list[str], path: Path, skip: tuple[str, ...]) -> list[str]:
+    return [line for line in _out(command, path).splitlines() if not line.startswith(skip)]
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG that decodes whole (Pillow comes with matplotlib)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()
+        return image.size
