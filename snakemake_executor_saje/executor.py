@@ -24,15 +24,22 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
-from . import credentials, mapping, mpi, pools
+from . import checkpoints, credentials, mapping, mpi, node_check, pools
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
-from .staging import Staging, under
+from .staging import Staging, node_path, under
 
 LOG_DIR = Path(".snakemake") / "saje_logs"
 POOL_CHECK_SECONDS = 20.0
 DOWNLOAD_CONCURRENCY = 8
+# The node check (node_check.py) and, for jobs with very many files, its expectations, on the node.
+NODE_CHECK_BLOB = "saje/node_check.py"
+NODE_CHECK_PATH = ".saje/node_check.py"
+NODE_EXPECT_PATH = ".saje/expected.txt"
+# Above this the expectations go as a file: one environment string must stay well under Linux's 128 KiB.
+INLINE_EXPECT_LIMIT = 64 * 1024
+LOG_TAIL_LINES = 20
 
 
 @dataclass
@@ -64,6 +71,7 @@ class Executor(RemoteExecutor):
         self.uses: dict[str, PoolUse] = {}
         self.staging: Staging | None = None
         self.source_files: list = []
+        self.node_check_file = None
         self.last_poll: dt.datetime | None = None
         self.last_pool_check = 0.0
         self.uses_default_storage = bool(self.workflow.storage_settings.default_storage_provider)
@@ -71,6 +79,9 @@ class Executor(RemoteExecutor):
         self.srun_rules: set[str] = set()  # rules whose srun translation was logged
         self.slurm_resources: set[str] = set()  # Slurm-only resources already said to be ignored
         _check_preemptible_settings(self.workflow.remote_execution_settings)
+        if self.uses_default_storage and node_check.patch_azure_directory_exists():
+            self.logger.info("SAJE: snakemake-storage-plugin-azure <= 0.4.4 takes directory() outputs for missing; "
+                             "SAJE corrects its exists() for this run, here and on the nodes.")
 
     # ----------------------------------------------------------------- submission
     def run_job(self, job: JobExecutorInterface) -> None:
@@ -103,11 +114,11 @@ class Executor(RemoteExecutor):
         resource_files, output_files = [], []
         command = spec.command
         if self.staging is not None:
-            resource_files.extend(self.source_files)
-            if not self.uses_default_storage:
-                resource_files.extend(self.staging.stage_inputs(_local_paths(job.input)))
-                output_files = self.staging.output_files(task_key, _output_paths(job))
-            output_files = [*output_files, *self.staging.log_files(task_key)]
+            resource_files.extend([*self.source_files, self.node_check_file])
+            resource_files.extend(self._stage_for_node(job))
+            environment[node_check.ENV], expect_files = self._expectation(job, task_key)
+            resource_files.extend(expect_files)
+            output_files = [*self._output_files(job, task_key), *self.staging.log_files(task_key)]
             command = f"tar -xJf {Path(self.source_files[0].file_path).name} && {command}" if self.source_files else command
         if self.settings.snakemake_install == "pip":
             command = f". \"{pools.NODE_VENV}/bin/activate\" && {command}"
@@ -175,7 +186,53 @@ class Executor(RemoteExecutor):
         workdir = getattr(self.workflow, "overwrite_workdir", None)
         if workdir:
             command = command.replace(" " + format_cli_arg("--directory", workdir), "")
-        return command
+        return _checked(command, self.get_python_executable())
+
+    # ----------------------------------------------------------------- files to and from the node
+    def _stage_for_node(self, job: JobExecutorInterface) -> list:
+        """Resource files: the job's local inputs (no default storage), and in both routes the
+        outputs of the finished checkpoints its input functions read, where the node's Snakemake
+        looks for them (checkpoints.py)."""
+        assert self.staging is not None
+        try:
+            needed = [f for f in checkpoints.needed_outputs(job) if os.path.exists(str(f))]
+        except Exception as exc:  # noqa: BLE001 - the node evaluates the same functions and says what fails
+            self.logger.warning(f"SAJE: could not tell which checkpoint outputs job {job} reads: {exc}")
+            needed = []
+        if not self.uses_default_storage:
+            return self.staging.stage_inputs([*_local_paths(job.input), *(str(f) for f in needed)])
+        return self.staging.stage_files((str(f), self._node_path(f)) for f in needed)
+
+    def _node_path(self, f) -> str:
+        """Where a file of the job is on the node, relative to the task's working directory."""
+        if not getattr(f, "is_storage", False):
+            return str(f)
+        settings = self.workflow.storage_settings
+        return node_path(str(f), local_prefix=Path(settings.local_storage_prefix),
+                         node_prefix=Path(settings.remote_job_local_storage_prefix or settings.local_storage_prefix))
+
+    def _output_files(self, job: JobExecutorInterface, task_key: str) -> list:
+        """Without default storage: the outputs on task success, logs and benchmarks on task
+        completion. With it the node's Snakemake stores them itself; Batch keeps a copy of the logs
+        and benchmarks of a failed task, which that Snakemake may not have stored."""
+        assert self.staging is not None
+        outputs, logs, benchmarks = _products(job)
+        records = [_path(f, self._node_path(f)) for f in [*logs, *benchmarks]]
+        if self.uses_default_storage:
+            return self.staging.output_files(task_key, records, condition="taskfailure")
+        return [*self.staging.output_files(task_key, [_path(f) for f in outputs]),
+                *self.staging.output_files(task_key, records, condition="taskcompletion")]
+
+    def _expectation(self, job: JobExecutorInterface, task_key: str) -> tuple[str, list]:
+        """What the node check compares (its jobs, inputs and outputs), for the task's environment:
+        inline, or a file on the node when one variable would be too large."""
+        assert self.staging is not None
+        text = node_check.encode(node_check.expected_jobs(job))
+        if len(text) <= INLINE_EXPECT_LIMIT:
+            return text, []
+        blob = f"tasks/{task_key}/expected.txt"
+        self.staging.upload_data(blob, text.encode("ascii"))
+        return node_check.FILE_PREFIX + NODE_EXPECT_PATH, [self.staging.resource_file(blob, NODE_EXPECT_PATH)]
 
     def _retries(self, spec: mapping.JobSpec) -> int:
         """Batch's own retries of a failed task (--saje-task-retries), on the same task id.
@@ -254,6 +311,8 @@ class Executor(RemoteExecutor):
             archive = Path(tmp) / "snakemake-workflow-sources.tar.xz"
             self.workflow.write_source_archive(archive)
             self.source_files = [self.staging.upload_sources(archive)]
+        self.staging.upload_file(Path(node_check.__file__), NODE_CHECK_BLOB)
+        self.node_check_file = self.staging.resource_file(NODE_CHECK_BLOB, NODE_CHECK_PATH)
 
     # ----------------------------------------------------------------- status
     async def check_active_jobs(self, active_jobs: List[SubmittedJobInfo]) -> AsyncGenerator[SubmittedJobInfo, None]:
@@ -289,6 +348,8 @@ class Executor(RemoteExecutor):
                 finished.append((info, outcome_of(task)))
         missing = self._bring_outputs_back([info for info, outcome in finished if outcome.succeeded])
         for info, outcome in finished:
+            if outcome.succeeded and self.uses_default_storage and info.job.is_checkpoint:
+                missing[info.external_jobid] = await _retrieve_checkpoint_outputs(info.job)
             self._finish(info, outcome, missing.get(info.external_jobid, []))
 
     def _bring_outputs_back(self, infos: list[SubmittedJobInfo]) -> dict[str, list[str]]:
@@ -313,17 +374,42 @@ class Executor(RemoteExecutor):
         if outcome.succeeded:
             if missing:
                 self.report_job_error(info, msg=f"SAJE: task {info.external_jobid} succeeded but these outputs never reached "
-                                                f"blob storage: {', '.join(missing)}")
+                                                f"this machine: {', '.join(missing)}")
                 return
             self.report_job_success(info)
             return
         logs = self._fetch_logs(info, outcome)
         where = f" on node {outcome.node_id}" if outcome.node_id else ""
+        task = f"rule {info.job.name} (task {info.external_jobid}, Batch job {info.aux['batch_job']}){where}"
+        stderr = next((p for p in logs if p.name == "stderr.txt"), None)
+        refusal = _node_check_refusal(stderr) if outcome.exit_code == node_check.EXIT_CODE and stderr else ""
+        if refusal:
+            self.report_job_error(info, msg=f"SAJE: {task} did not run: {refusal}\n", aux_logs=[str(p) for p in logs])
+            return
+        records = self._bring_records_back(info)
         detail = f"Batch failure {outcome.failure_code}: {outcome.failure_message}" if outcome.failure_code else "no Batch failure info"
-        stderr_tail = _tail(logs[1]) if len(logs) > 1 else ""
-        msg = (f"SAJE: rule {info.job.name} (task {info.external_jobid}, Batch job {info.aux['batch_job']}){where} failed "
-               f"with exit code {outcome.exit_code}; {detail}." + (f"\nstderr (last lines):\n{stderr_tail}" if stderr_tail else ""))
-        self.report_job_error(info, msg=msg, aux_logs=[str(p) for p in logs])
+        msg = f"SAJE: {task} failed with exit code {outcome.exit_code}; {detail}."
+        for log in records:
+            msg += f"\nlog {log} (last lines):\n{_tail(log, LOG_TAIL_LINES)}"
+        stderr_tail = _tail(logs[1]) if len(logs) > 1 else ""  # an MPI task's digest comes first
+        msg += (f"\nstderr (last lines):\n{stderr_tail}" if stderr_tail else "") + "\n"
+        self.report_job_error(info, msg=msg, aux_logs=[str(p) for p in [*records, *logs]])
+
+    def _bring_records_back(self, info: SubmittedJobInfo) -> list[Path]:
+        """A failed job's own log: and benchmark: files, to their local paths (both data routes;
+        its outputs stay on the node); returns the log files that came back."""
+        if self.staging is None:
+            return []
+        _, logs, benchmarks = _products(info.job)
+        local = {_path(f, self._node_path(f)): _path(f) for f in [*logs, *benchmarks]}
+        try:
+            missing = set(self.staging.download_outputs(info.external_jobid, list(local), local=local))
+        except Exception as exc:  # noqa: BLE001 - the job's error is reported anyway
+            self.logger.warning(f"SAJE: could not fetch the logs of failed task {info.external_jobid}: {exc}")
+            return []
+        names = {_path(f) for f in logs}
+        return [Path(path) for at, path in local.items()
+                if at not in missing and path in names and not path.endswith("/")]
 
     def _fetch_logs(self, info: SubmittedJobInfo, outcome) -> list[Path]:
         """stdout.txt/stderr.txt of the task under .snakemake/saje_logs/, and for an MPI task a
@@ -515,23 +601,59 @@ def _local_paths(files) -> list[str]:
     return [str(f) for f in files if os.path.exists(str(f))]
 
 
-def _output_paths(job: JobExecutorInterface) -> list[str]:
-    """Outputs, logs and benchmarks of a job, directories with a trailing '/'.
+def _checked(command: str, python: str) -> str:
+    """Snakemake's job command with the node check (node_check.py) in place of `python -m snakemake`."""
+    launch = f"{python} -m snakemake "
+    if launch not in command:
+        raise WorkflowError(f"SAJE cannot find `{launch.strip()}` in Snakemake's job command, where it puts its node "
+                            "check; this Snakemake version builds job commands differently.")
+    return command.replace(launch, f"{python} {NODE_CHECK_PATH} ", 1)
 
-    A group job runs as one task, and Snakemake checks the outputs of every job in the group
-    (intermediate ones included), so those of all its jobs come back.
-    """
+
+def _node_check_refusal(stderr: Path) -> str:
+    """The node check's message (node_check.failure_message) from the end of a task's stderr."""
+    text = stderr.read_text(errors="replace")
+    start = text.rfind(node_check.HEADER)
+    return text[start + len(node_check.HEADER):].strip() if start >= 0 else ""
+
+
+async def _retrieve_checkpoint_outputs(job) -> list[str]:
+    """Default storage: the outputs of a finished checkpoint, to their local copies. Snakemake
+    evaluates the functions that read them here (`glob_wildcards` over a checkpoint's directory),
+    as it does after a checkpoint ran locally; returns those that could not be fetched."""
+    failed = []
+    jobs = list(job.jobs) if job.is_group() else [job]
+    for f in [f for one in jobs if one.is_checkpoint for f in one.output]:
+        if getattr(f, "is_storage", False):
+            try:
+                await f.retrieve_from_storage()
+            except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the run goes on
+                failed.append(f"{f} (retrieval failed: {exc})")
+    return failed
+
+
+def _products(job: JobExecutorInterface) -> tuple[list, list, list]:
+    """(outputs, logs, benchmarks) of a job, of all its jobs for a group job: a group runs as one
+    task, and Snakemake checks the outputs of every job in it (intermediate ones included)."""
     jobs = list(getattr(job, "jobs", None) or [job]) if job.is_group() else [job]
-    paths: list[str] = []
+    outputs, logs, benchmarks = [], [], []
     for one in jobs:
+        outputs.extend(one.output or [])
+        logs.extend(one.log or [])
         benchmark = getattr(one, "benchmark", None)
-        for f in [*(one.output or []), *(one.log or []), *([benchmark] if benchmark else [])]:
-            name = str(f)
-            is_dir = bool(getattr(f, "is_directory", False))
-            path = name.rstrip("/") + "/" if is_dir else name
-            if path not in paths:
-                paths.append(path)
-    return paths
+        benchmarks.extend([benchmark] if benchmark else [])
+    return outputs, logs, benchmarks
+
+
+def _path(f, path: str | None = None) -> str:
+    """A file's path (here, or `path`), with a trailing '/' for a directory."""
+    name = path or str(f)
+    return name.rstrip("/") + "/" if getattr(f, "is_directory", False) else name
+
+
+def _output_paths(job: JobExecutorInterface) -> list[str]:
+    """Outputs, logs and benchmarks of a job (all jobs of a group), directories with a trailing '/'."""
+    return list(dict.fromkeys(_path(f) for files in _products(job) for f in files))
 
 
 def _shape_of_existing(pool, pool_class: pools.PoolClass) -> mapping.PoolShape:

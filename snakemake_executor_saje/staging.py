@@ -2,10 +2,11 @@
 
 Each run gets its own container (`<--saje-storage-container>-<run id>`, `saje-...` by default), so
 that a run's SAS tokens reach nothing of another run's. The source archive (both data routes) and,
-without default storage, the input files go up once; tasks get them as Batch resource files through a read-only SAS, and write their outputs back as
-Batch output files through a create/write-only SAS on that container. The executor downloads a
-job's outputs only after its task succeeded, to a temporary name first, so a half-written output
-is never taken as done. SAS tokens are short-lived and never logged.
+without default storage, the input files go up once; tasks get them as Batch resource files through
+a read-only SAS, and write their outputs back as Batch output files through a create/write-only SAS
+on that container. Outputs go up on task success only, logs and benchmarks also after a failure.
+The executor downloads a job's outputs only after its task succeeded, to a temporary name first, so
+a half-written output is never taken as done. SAS tokens are short-lived and never logged.
 
 Credentials: AZURE_STORAGE_CONNECTION_STRING (Azurite, or an account key) signs service SAS;
 otherwise `storage_account_url` with an Entra credential signs user delegation SAS.
@@ -162,7 +163,10 @@ class Staging:
     # ----------------------------------------------------------------- up
     def upload_file(self, local: Path, blob: str) -> None:
         with open(local, "rb") as data:
-            self.service.get_blob_client(self.container, blob).upload_blob(data, overwrite=True)
+            self.upload_data(blob, data)
+
+    def upload_data(self, blob: str, data) -> None:
+        self.service.get_blob_client(self.container, blob).upload_blob(data, overwrite=True)
 
     def upload_sources(self, archive: Path) -> models.ResourceFile:
         self.upload_file(archive, SOURCES_BLOB)
@@ -174,10 +178,16 @@ class Staging:
 
     def stage_inputs(self, paths: Iterable[str]) -> list[models.ResourceFile]:
         """Upload local input files (once per content change) and return their resource files."""
-        files = []
-        for path in paths:
+        return self.stage_files((path, path) for path in paths)
+
+    def stage_files(self, pairs: Iterable[tuple[str, str]]) -> list[models.ResourceFile]:
+        """Upload local files or directories (once per content change) and return resource files
+        that put each at its path on the node (local path, node path), one per file."""
+        files: dict[str, models.ResourceFile] = {}
+        for path, at in pairs:
             for local in _expand(Path(path)):
                 rel = local.as_posix()
+                on_node = (Path(at) / local.relative_to(path)).as_posix() if local != Path(path) else at
                 stat = local.stat()
                 signature = (stat.st_size, stat.st_mtime_ns)
                 with self._lock:
@@ -186,22 +196,32 @@ class Staging:
                     self.upload_file(local, input_blob(rel))
                     with self._lock:
                         self._uploaded[rel] = signature
-                files.append(self.resource_file(input_blob(rel), rel, EXECUTABLE_MODE if _executable(local) else None))
-        return files
+                files[on_node] = self.resource_file(input_blob(rel), on_node,
+                                                    EXECUTABLE_MODE if _executable(local) else None)
+        return list(files.values())
 
-    def output_files(self, task_key: str, paths: Iterable[str]) -> list[models.OutputFile]:
-        """Upload rules for a job's outputs (files, or directories with everything under them)."""
+    def output_files(self, task_key: str, paths: Iterable[str], *,
+                     condition: str = "tasksuccess") -> list[models.OutputFile]:
+        """Upload rules for files a task writes (files, or directories, ending in '/', with
+        everything under them, names starting with '.' too), each under its path on the node.
+
+        Outputs go up on task success only, so a failed job's outputs are never taken as done;
+        its logs and benchmarks go up on task completion (or failure) with `condition`."""
         destination_url = self.write_url()
         rules = []
         for path in paths:
-            pattern, target = (f"{path.rstrip('/')}/**/*", output_blob(task_key, path.rstrip("/"))) \
-                if path.endswith("/") else (path, output_blob(task_key, path))
-            rules.append(models.OutputFile(
+            if path.endswith("/"):
+                target = output_blob(task_key, path.rstrip("/"))
+                # Batch's '*' skips names starting with '.' unless the pattern spells the dot.
+                patterns = [(f"{path.rstrip('/')}/**/*", target), (f"{path.rstrip('/')}/**/.*", target)]
+            else:
+                patterns = [(path, output_blob(task_key, path))]
+            rules.extend(models.OutputFile(
                 file_pattern=pattern,
                 destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
                     container_url=destination_url, path=target)),
-                upload_options=models.OutputFileUploadConfiguration(upload_condition="tasksuccess"),
-            ))
+                upload_options=models.OutputFileUploadConfiguration(upload_condition=condition),
+            ) for pattern, target in patterns)
         return rules
 
     def log_files(self, task_key: str) -> list[models.OutputFile]:
@@ -223,20 +243,23 @@ class Staging:
         """One blob of the container to `target`; False when there is no such blob."""
         return self._download(self.service.get_container_client(self.container), name, target)
 
-    def download_outputs(self, task_key: str, paths: Iterable[str]) -> list[str]:
-        """Fetch a finished job's outputs to their local paths; returns the ones missing in blob."""
+    def download_outputs(self, task_key: str, paths: Iterable[str],
+                         local: dict[str, str] | None = None) -> list[str]:
+        """Fetch files a task uploaded (`output_files`) to their local paths (the node path, or
+        `local[node path]`); returns the ones missing in blob."""
         container = self.service.get_container_client(self.container)
         missing = []
         for path in paths:
             prefix = output_blob(task_key, path.rstrip("/"))
+            target = (local or {}).get(path, path)
             if path.endswith("/"):
                 names = [b.name for b in container.list_blobs(name_starts_with=prefix + "/")]
                 if not names:
                     missing.append(path)
                 for name in names:
-                    self._download(container, name, Path(path.rstrip("/")) / name[len(prefix) + 1:])
+                    self._download(container, name, Path(target.rstrip("/")) / name[len(prefix) + 1:])
                 continue
-            if not self._download(container, prefix, Path(path)):
+            if not self._download(container, prefix, Path(target)):
                 missing.append(path)
         return missing
 
@@ -295,6 +318,13 @@ def log_copy_of(task: models.BatchTask) -> LogCopy | None:
         if output.file_pattern == LOG_FILE_PATTERN and container is not None and container.container_url:
             return LogCopy(container.container_url.split("?", 1)[0], container.path or "")
     return None
+
+
+def node_path(local: str, *, local_prefix: Path, node_prefix: Path) -> str:
+    """Where a default-storage file's local copy is on the node, relative to the task's working
+    directory: Snakemake keeps it under --local-storage-prefix here and under
+    --remote-job-local-storage-prefix (what the job's command passes) there."""
+    return (node_prefix / Path(local).relative_to(local_prefix)).as_posix()
 
 
 def under(directory: str, files: Iterable[models.ResourceFile]) -> list[models.ResourceFile]:

@@ -1,0 +1,80 @@
+"""Which files of a job travel, when, and where they land; the node check in the job's command."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+from snakemake_interface_common.exceptions import WorkflowError
+
+from snakemake_executor_saje import node_check
+from snakemake_executor_saje.executor import NODE_CHECK_PATH, _checked, _node_check_refusal, _output_paths
+from snakemake_executor_saje.staging import Staging, node_path
+
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.fixture
+def staging():
+    """Staging on an account nobody listens on: building upload rules signs SAS offline."""
+    service = BlobServiceClient("http://127.0.0.1:9/devstoreaccount1", credential={"account_name": "devstoreaccount1",
+                                                                                  "account_key": KEY})
+    return Staging(service, "saje-run", KEY)
+
+
+def _rules(rules):
+    return [(r.file_pattern, r.destination.container.path, r.upload_options.upload_condition) for r in rules]
+
+
+def test_outputs_go_up_on_success_only_and_directories_keep_their_dot_files(staging):
+    rules = staging.output_files("map-1-a1", ["bam/A.bam", "clustering/a/"])
+    assert _rules(rules) == [
+        ("bam/A.bam", "outputs/map-1-a1/bam/A.bam", "tasksuccess"),
+        # Batch's '*' skips names starting with '.' (Snakemake's .snakemake_timestamp, an empty
+        # checkpoint directory's only file) unless the pattern spells the dot.
+        ("clustering/a/**/*", "outputs/map-1-a1/clustering/a", "tasksuccess"),
+        ("clustering/a/**/.*", "outputs/map-1-a1/clustering/a", "tasksuccess"),
+    ]
+    assert all("sig=" in r.destination.container.container_url for r in rules)
+
+
+def test_logs_and_benchmarks_can_go_up_whatever_the_exit_code(staging):
+    rules = staging.output_files("map-1-a1", ["logs/map/A.log"], condition="taskcompletion")
+    assert _rules(rules) == [("logs/map/A.log", "outputs/map-1-a1/logs/map/A.log", "taskcompletion")]
+
+
+def test_a_default_storage_copy_moves_from_the_local_prefix_to_the_nodes():
+    local = ".snakemake/storage/azure/data/run/clustering/a"
+    assert node_path(local, local_prefix=Path(".snakemake/storage"), node_prefix=Path(".snakemake/storage")) == local
+    assert node_path(local, local_prefix=Path(".snakemake/storage"), node_prefix=Path("scratch/st")) == \
+        "scratch/st/azure/data/run/clustering/a"
+
+
+def test_group_jobs_bring_every_job_s_files_directories_marked():
+    class F(str):
+        is_directory = False
+
+    class D(str):
+        is_directory = True
+
+    a = SimpleNamespace(output=[F("bam/A.bam")], log=[F("logs/A.log")], benchmark=F("bench/A.tsv"))
+    b = SimpleNamespace(output=[D("clusters/A")], log=[F("logs/A.log")], benchmark=None)
+    group = SimpleNamespace(jobs=[a, b], is_group=lambda: True)
+    assert _output_paths(group) == ["bam/A.bam", "clusters/A/", "logs/A.log", "bench/A.tsv"]
+
+
+def test_the_node_check_takes_the_place_of_python_m_snakemake():
+    command = "python -m snakemake --snakefile Snakefile --target-jobs 'map:s=A' --mode remote"
+    assert _checked(command, "python") == f"python {NODE_CHECK_PATH} --snakefile Snakefile --target-jobs 'map:s=A' --mode remote"
+    with pytest.raises(WorkflowError, match="cannot find `python -m snakemake`"):
+        _checked("snakemake --target-jobs x", "python")
+
+
+def test_the_node_check_s_message_is_taken_from_the_end_of_stderr(tmp_path):
+    stderr = tmp_path / "stderr.txt"
+    stderr.write_text("Building DAG of jobs...\n" + node_check.failure_message(["the node would not run job total at all"]))
+    refusal = _node_check_refusal(stderr)
+    assert refusal.startswith("refused to run the job") and "- the node would not run job total at all" in refusal
+    stderr.write_text("Building DAG of jobs...\nsomething else\n")
+    assert _node_check_refusal(stderr) == ""
