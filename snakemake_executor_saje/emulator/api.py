@@ -106,6 +106,8 @@ class BatchApi:
         try:
             response = self._dispatch(request)
         except BatchError as exc:
+            if exc.schema:
+                self._refused(request, exc)
             response = Response.json(exc.status, exc.body(self.state.account_url, request_id))
         response.headers.setdefault("request-id", request_id)
         client_request_id = request.headers.get("client-request-id")
@@ -115,6 +117,10 @@ class BatchApi:
         if request.operation is not None and 200 <= response.status < 300:
             self._declared_headers(request, response)
         return response
+
+    def _refused(self, request: Request, exc: BatchError) -> None:
+        """Keep (and log) a body the schema refused: tests assert SAJE's own requests never are."""
+        self.state.refused(request.operation.name if request.operation else None, request.raw_path, exc)
 
     # Entity collections in a data plane path, and the state lookup for each (pool, node, job, task).
     _ADDRESSED = {"pools": "pool", "nodes": "node", "jobs": "job", "tasks": "task"}

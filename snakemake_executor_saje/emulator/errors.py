@@ -19,6 +19,7 @@ class BatchError(Exception):
     code: str
     message: str
     values: list[tuple[str, str]] = field(default_factory=list)
+    schema: bool = False  # refused by the schema check of the request body (see schema/request.py)
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"

@@ -147,9 +147,15 @@ class Scheduler:
                 self._used_addresses.add(address)
                 return address
 
+    # The SSH endpoint every Linux node has besides the pool's own NAT pools (name and port range assumed).
+    SSH_NAT_POOL = {"name": "SSHRule", "protocol": "tcp", "backendPort": 22,
+                    "frontendPortRangeStart": 50000, "frontendPortRangeEnd": 54999}
+
     def _inbound_endpoints(self, pool: Pool, address: str) -> list[dict]:
-        """One endpoint per inbound NAT pool of the pool: the node's own frontend port out of the
-        pool's range (nth node, nth port), the node's address as its public one."""
+        """One endpoint per inbound NAT pool of the pool, then the node's SSH endpoint: the node's
+        own frontend port out of each range (nth node, nth port), its address as the public one.
+        The SDK's test_batch_network_configuration sees two endpoints for one NAT pool, the first
+        named '<pool name>.0'."""
         nat_pools = ((pool.rest.get("networkConfiguration") or {}).get("endpointConfiguration") or {}).get("inboundNATPools") or []
         index = pool.node_serial - 1
         return [
@@ -157,7 +163,7 @@ class Scheduler:
              "publicFQDN": f"{pool.id.lower()}.{self.config.region}.cloudapp.azure.com",
              "frontendPort": nat["frontendPortRangeStart"] + index % max(1, nat["frontendPortRangeEnd"] - nat["frontendPortRangeStart"] + 1),
              "backendPort": nat["backendPort"]}
-            for nat in nat_pools
+            for nat in [*nat_pools, self.SSH_NAT_POOL]
         ]
 
     def _add_node(self, pool: Pool, dedicated: bool) -> Node:

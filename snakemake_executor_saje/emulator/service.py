@@ -131,6 +131,12 @@ class Emulator:
     def request_counts(self) -> dict[str, int]:
         return dict(self.frontend.request_counts)
 
+    @property
+    def schema_refusals(self) -> list[dict[str, Any]]:
+        """Request bodies refused as unreadable or invalid for the Batch schema (operation, code, values)."""
+        assert self.state is not None, "start the emulator first"
+        return list(self.state.schema_refusals)
+
     def credential(self):
         from azure.core.credentials import AzureNamedKeyCredential
 

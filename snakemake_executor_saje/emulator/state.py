@@ -7,6 +7,7 @@ tasks on nodes) lives in `scheduler`; running processes lives in `agent`.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 import threading
 import uuid
@@ -32,6 +33,7 @@ MAX_TASK_SLOTS_PER_NODE = 256
 
 # The failure a task gets when a user (or a job, node or pool action) ends it.
 USER_ENDED = ("usererror", "TaskEnded", "Task Was Ended by User Request")
+log = logging.getLogger(__name__)
 TASK_DEFAULT_CONSTRAINTS = {"maxWallClockTime": UNLIMITED_TEXT, "retentionTime": "P7D", "maxTaskRetryCount": 0}
 
 
@@ -101,6 +103,8 @@ class BatchState:
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
         self.faults = FaultPlan()
+        # Request bodies the schema refused (operation, path, code, values): tests assert SAJE's never are.
+        self.schema_refusals: list[dict[str, Any]] = []
         # `saje emulator start --vm-size FILE`: sizes the account offers instead of the bundled catalogue.
         self._vm_sizes = catalogue.load_vm_sizes(config.vm_size_catalogue) if config.vm_size_catalogue else None
         # Hooks the agent installs: kill a task's processes; forget a node's files.
@@ -170,6 +174,10 @@ class BatchState:
     def notify(self) -> None:
         with self.changed:
             self.changed.notify_all()
+
+    def refused(self, operation: str | None, path: str, exc: BatchError) -> None:
+        self.schema_refusals.append({"operation": operation, "path": path, "code": exc.code, "values": dict(exc.values)})
+        log.warning("refused the body of %s (%s): %s %s", operation, path, exc.code, dict(exc.values))
 
     # ----------------------------------------------------------------- lookups
     def vm_size(self, name: str) -> "catalogue.VmSize | None":
@@ -809,6 +817,8 @@ class BatchState:
                     if body["id"] in job.tasks:
                         raise errors.exists("Task")
                 except BatchError as exc:
+                    if exc.schema:
+                        self.refused("create_task_collection", f"/jobs/{job_id}/addtaskcollection", exc)
                     results.append({"status": "clienterror", "taskId": body.get("id"),
                                     "error": exc.body(self.account_url, str(uuid.uuid4()))})
                     continue

@@ -15,7 +15,8 @@ from tests.conftest import completed, idle_nodes, make_job, make_pool, unique_id
 from tests.conformance.conftest import send
 from tests.conformance.test_spec_examples import assert_conforms
 
-NAT = {"name": "ssh", "protocol": "tcp", "backendPort": 22, "frontendPortRangeStart": 15000, "frontendPortRangeEnd": 15099}
+NAT = {"name": "TestEndpointConfig", "protocol": "udp", "backendPort": 64444, "frontendPortRangeStart": 60000,
+       "frontendPortRangeEnd": 61000}
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +129,10 @@ def test_nodes_report_their_inbound_nat_endpoints(world):
     nodes = send(client, "GET", f"/pools/{pool}/nodes").body["value"]
     ports = []
     for node in nodes:
-        (endpoint,) = node["endpointConfiguration"]["inboundEndpoints"]
-        assert endpoint["name"].startswith("ssh.") and endpoint["backendPort"] == 22 and endpoint["protocol"] == "tcp"
-        assert endpoint["publicIPAddress"] == node["ipAddress"]
+        endpoint, ssh = node["endpointConfiguration"]["inboundEndpoints"]
+        assert endpoint["name"].startswith("TestEndpointConfig.") and endpoint["protocol"] == "udp"
+        assert endpoint["backendPort"] == 64444 and endpoint["publicIPAddress"] == node["ipAddress"]
         assert NAT["frontendPortRangeStart"] <= endpoint["frontendPort"] <= NAT["frontendPortRangeEnd"]
+        assert ssh["backendPort"] == 22 and ssh["protocol"] == "tcp"
         ports.append(endpoint["frontendPort"])
     assert len(set(ports)) == len(nodes) == 2

@@ -59,8 +59,11 @@ def saje_env(executor_emulator: Emulator) -> dict[str, str]:
 
 @pytest.fixture
 def clean_account(executor_emulator: Emulator) -> Iterator[Emulator]:
-    """The executor emulator, checked to have no job and no pool left once the test is done."""
+    """The executor emulator, checked to have no job and no pool left once the test is done, and
+    to have refused none of SAJE's request bodies as Azure's schema would."""
+    refused = len(executor_emulator.schema_refusals)
     yield executor_emulator
+    assert executor_emulator.schema_refusals[refused:] == []
     assert_nothing_left(executor_emulator)
 
 

@@ -40,6 +40,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     emulator.arm.retry_after = 1
     try:
         yield emulator
+        assert emulator.schema_refusals == []  # the image test's pool, job and task bodies are Azure-valid
     finally:
         emulator.stop()
 

@@ -136,14 +136,16 @@ def _model_name(node: ast.AST | None) -> str | None:
 def operations_schema() -> list[dict[str, Any]]:
     from azure.batch._operations import _operations as module
 
-    tree = ast.parse(Path(inspect.getfile(module)).read_text())
+    text = Path(inspect.getfile(module)).read_text()
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
     builders = _builders(tree)
     mixin = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("OperationsMixin"))
     ops = []
     for func in mixin.body:
         if not isinstance(func, ast.FunctionDef) or func.name.startswith("__"):
             continue
-        source = ast.unparse(func)
+        source = "".join(lines[func.lineno - 1:func.end_lineno])
         builder = re.search(r"(build_batch_\w+_request)\(", source)
         if builder is None:
             continue
@@ -156,7 +158,7 @@ def operations_schema() -> list[dict[str, Any]]:
             body = _model_name(arg.annotation)
         response = re.search(r"(?<!failsafe)_deserialize\(\s*(?:list\[)?_models\.(\w+)", source)
         paged = "ItemPaged" in ast.unparse(func.returns) if func.returns is not None else False
-        headers = re.findall(r"response_headers\['([^']+)'\]", source)
+        headers = re.findall(r"""response_headers\[["']([^"']+)["']\]""", source)
         if any(o["method"] == route["method"] and o["path"] == route["path"] for o in ops):
             continue  # the public wrapper of a long-running operation's _initial call
         ops.append({

@@ -52,36 +52,40 @@ def reader_reason(problem: Problem) -> str:
 
 def error_for(problem: Problem) -> BatchError:
     if problem.kind in READER_KINDS:
-        return BatchError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.",
-                          [("Reason", reader_reason(problem))])
-    if problem.kind == MISSING:
-        return errors.missing_property(problem.path)
-    assert problem.kind == ENUM
-    return errors.invalid_property(problem.path, problem.value,
-                                   f"The value is not one of the values the property accepts ({', '.join(_enum_values(problem))}).")
+        error = BatchError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.",
+                           [("Reason", reader_reason(problem))])
+    elif problem.kind == MISSING:
+        error = errors.missing_property(problem.path)
+    else:
+        assert problem.kind == ENUM
+        error = errors.invalid_property(problem.path, problem.value,
+                                        f"The value is not one of the values the property accepts ({', '.join(_enum_values(problem))}).")
+    error.schema = True
+    return error
 
 
 def _enum_values(problem: Problem) -> list[str]:
     return load().enums[(problem.expected or {})["enum"]]
 
 
-def _raise_first(schema: Schema, model: str, body: Any, kinds: tuple[str, ...]) -> None:
-    for problem in schema.problems(model, body, request=True):
+def _raise_first(found: list[Problem], kinds: tuple[str, ...]) -> None:
+    for problem in found:
         if problem.kind in kinds:
             raise error_for(problem)
 
 
 def readable(model: str, body: Any, schema: Schema | None = None) -> None:
     """Raise InvalidRequestBody if the service's reader could not read `body` as `model`."""
-    _raise_first(schema or load(), model, body, READER_KINDS)
+    _raise_first(list((schema or load()).problems(model, body, request=True)), READER_KINDS)
 
 
 def validated(model: str, body: Any, schema: Schema | None = None) -> dict[str, Any]:
     """`body` checked as the service checks it (unreadable first, then missing or invalid
     properties) and returned as it reads it: enum values in their own spelling, nulls dropped."""
     schema = schema or load()
-    readable(model, body, schema)
-    _raise_first(schema, model, body, (MISSING, ENUM))
+    found = list(schema.problems(model, body, request=True))
+    _raise_first(found, READER_KINDS)
+    _raise_first(found, (MISSING, ENUM))
     return schema.canonical(model, body)
 
 
