@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,28 @@ log = logging.getLogger(__name__)
 # Variables a node inherits from the machine the emulator runs on: the "image" of every node.
 HOST_VARIABLES = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "TERM", "SYSTEMROOT")
 KILL_GRACE_SECONDS = 3.0
+
+
+class PackageInstallError(Exception):
+    """An application package a task or its pool references could not be installed."""
+
+
+def package_variable(application: str, version: str | None = None) -> str:
+    """AZ_BATCH_APP_PACKAGE_<id>[_<version>] as Linux nodes spell it: periods, hyphens and number
+    signs flattened to underscores, the application id's case preserved ("Execute the installed
+    applications", learn.microsoft.com, batch-application-packages)."""
+    flat = lambda text: re.sub(r"[.\-#]", "_", text)  # noqa: E731
+    return "AZ_BATCH_APP_PACKAGE_" + flat(application) + (f"_{flat(version)}" if version else "")
+
+
+def unpack_zip(archive: Path, target: Path) -> None:
+    """Extract a zip, keeping the Unix modes it records (executables stay executable)."""
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            path = Path(zf.extract(info, target))
+            mode = (info.external_attr >> 16) & 0o7777
+            if mode and not info.is_dir():
+                path.chmod(mode)
 
 
 @dataclass
@@ -66,6 +90,7 @@ class NodeAgent:
         self.bin_dir.mkdir(parents=True, exist_ok=True)
         ssh_shim.install_ssh_shim(self.bin_dir, self.data_dir, python=sys.executable)
         self._procs: dict[str, list[subprocess.Popen]] = {}
+        self._install_lock = threading.Lock()
         self._killed: dict[str, str] = {}
         self._lock = threading.Lock()
         state.on_kill = self.kill
@@ -165,6 +190,51 @@ class NodeAgent:
             env[setting["name"]] = setting.get("value") or ""
         return env
 
+    # ----------------------------------------------------------------- application packages
+    def package_environment(self, node: Node, task_references: list[dict[str, Any]] | None = None) -> dict[str, str]:
+        """Install the pool's and the task's application packages on the node (once each) and
+        return their variables: AZ_BATCH_APP_PACKAGE_<id>_<version>, and AZ_BATCH_APP_PACKAGE_<id>
+        for a reference without a version (the default version). Raises PackageInstallError."""
+        with self.state.lock:
+            pool = self.state.pools.get(node.pool_id)
+            references = list((pool.rest.get("applicationPackageReferences") or []) if pool else [])
+        references += list(task_references or [])
+        env: dict[str, str] = {}
+        for ref in references:
+            if self.state.application_package is None:
+                raise PackageInstallError(f"application {ref.get('applicationId')!r}: this account has no application packages")
+            try:
+                package = self.state.application_package(str(ref.get("applicationId") or ""), ref.get("version"))
+            except Exception as exc:  # noqa: BLE001 - arm.applications.PackageError and the like
+                raise PackageInstallError(str(exc)) from None
+            directory = self._install_package(node, package)
+            name = package_variable(package.application, package.version)
+            env[name] = str(directory)
+            if not ref.get("version"):
+                env[package_variable(package.application)] = str(directory)
+        return env
+
+    def _install_package(self, node: Node, package: Any) -> Path:
+        """Download and unpack a package into the node's applications directory, named as Azure
+        names it there: <id><version><activation time, to the minute> (e.g. testapp1.02019-08-26-01-57)."""
+        stamp = package.activated[:16].replace("T", "-").replace(":", "-")
+        directory = node.layout.applications / f"{package.application}{package.version}{stamp}"
+        with self._install_lock:
+            if directory.is_dir():
+                return directory
+            staging = directory.with_name(f".{directory.name}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                blobio.download_resource_files([{"httpUrl": package.url, "filePath": "package.zip"}], staging)
+                unpack_zip(staging / "package.zip", staging)
+                (staging / "package.zip").unlink()
+            except (blobio.ResourceFileError, OSError, zipfile.BadZipFile) as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise PackageInstallError(f"application {package.application} version {package.version} could not be"
+                                          f" installed: {getattr(exc, 'message', None) or exc}") from None
+            staging.rename(directory)
+        return directory
+
     # ----------------------------------------------------------------- processes
     def _spawn(self, key: str, command_line: str, env: dict[str, str], cwd: Path, out_dir: Path,
                stem: str = "") -> subprocess.Popen:
@@ -238,6 +308,7 @@ class NodeAgent:
             try:
                 blobio.download_resource_files(start.get("resourceFiles") or [], layout.startup / "wd",
                                                auto_storage=self.auto_storage())
+                env.update(self.package_environment(node))
                 if self.state.faults.take_start_task_failure():
                     exit_code = 1
                     (layout.startup / "stderr.txt").write_text("start task failed (injected fault)\n")
@@ -246,6 +317,8 @@ class NodeAgent:
                     exit_code = self._wait(key, proc, None)
             except blobio.ResourceFileError as exc:
                 failure = Failure(exc.category, exc.code, exc.message)
+            except PackageInstallError as exc:
+                failure = Failure("usererror", "ApplicationPackageError", str(exc))
             except FileNotFoundError:
                 failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
             if self._forget(key):
@@ -391,6 +464,7 @@ class NodeAgent:
         exit_code, failure = None, None
         try:
             blobio.download_resource_files(rest.get("resourceFiles") or [], wd, auto_storage=self.auto_storage())
+            env.update(self.package_environment(node, rest.get("applicationPackageReferences")))
             if not self.state.mark_running(task, attempt):
                 return
             proc = self._spawn(task.key, rest["commandLine"], env, wd, task_dir)
@@ -400,6 +474,8 @@ class NodeAgent:
                                   "The task exceeded its maxWallClockTime constraint and was terminated")
         except blobio.ResourceFileError as exc:
             failure = Failure(exc.category, exc.code, exc.message)
+        except PackageInstallError as exc:
+            failure = Failure("usererror", "ApplicationPackageError", str(exc))
         except FileNotFoundError:
             failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
         if self._forget(task.key):
@@ -443,6 +519,7 @@ class NodeAgent:
         ccp_nodes = " ".join([str(len(hosts)), *(f"{h} {size.vcpus if size else 1}" for h in hosts)])
         results: list[dict | None] = [None] * len(nodes)
         failure: Failure | None = None
+        packages: dict[int, dict[str, str]] = {}
 
         def instance_env(index: int, node: Node) -> dict[str, str]:
             task_dir = node.layout.task_dir(job.id, task.id)
@@ -454,6 +531,7 @@ class NodeAgent:
                 "AZ_BATCH_TASK_SHARED_DIR": str(task_dir),
                 "CCP_NODES": ccp_nodes,
             })
+            env.update(packages.get(index, {}))
             return env
 
         def prepare(index: int, node: Node) -> None:
@@ -466,8 +544,11 @@ class NodeAgent:
                 blobio.download_resource_files(settings.get("commonResourceFiles") or [], task_dir, auto_storage=self.auto_storage())
                 if index == 0:
                     blobio.download_resource_files(rest.get("resourceFiles") or [], task_dir / "wd", auto_storage=self.auto_storage())
+                packages[index] = self.package_environment(node, rest.get("applicationPackageReferences"))
             except blobio.ResourceFileError as exc:
                 failure = Failure(exc.category, exc.code, exc.message)
+            except PackageInstallError as exc:
+                failure = Failure("usererror", "ApplicationPackageError", str(exc))
 
         threads = [threading.Thread(target=prepare, args=(i, n)) for i, n in enumerate(nodes)]
         for t in threads:

@@ -63,6 +63,7 @@ class Scheduler:
                 self._allocate(pool)
                 start_tasks.extend(self._boot_nodes(pool))
             self._purge_deleted_jobs()
+            self.state.expire_jobs()
             launches = self._schedule()
         for node in start_tasks:
             self.agent.run_start_task(node)

@@ -22,7 +22,7 @@ from .faults import FaultPlan
 from .model import Job, Node, Pool, Task
 from .schema import request as request_schema
 from .store import Store
-from .timeutil import UNLIMITED_TEXT, format_duration, iso_now, parse_duration, utcnow
+from .timeutil import UNLIMITED_TEXT, format_duration, iso_now, parse_duration, parse_iso, utcnow
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TASKS_PER_COLLECTION = 100
@@ -117,6 +117,9 @@ class BatchState:
         # The root directory of a gallery image (what its build VM's provisioning installed), or
         # None: nodes of pools made from it see <root>/usr/local/bin on PATH (agent.image_environment).
         self.gallery_image_root: Callable[[str], Path | None] | None = None
+        # (application id or name, version or None) -> arm.applications.Package; raises
+        # arm.applications.PackageError. None: no ARM side, so no application packages.
+        self.application_package: Callable[[str, str | None], Any] | None = None
         self._load()
 
     # ----------------------------------------------------------------- persistence
@@ -229,6 +232,7 @@ class BatchState:
             )
         if body.get("startTask"):
             _require(body["startTask"], "commandLine")
+        self.check_application_packages(body.get("applicationPackageReferences") or [])
         with self.lock:
             existing = self.pools.get(pool_id)
             if existing is not None:
@@ -263,6 +267,23 @@ class BatchState:
             self.save_pool(pool)
             self.notify()
             return pool
+
+    def check_application_packages(self, references: list[dict[str, Any]]) -> None:
+        """A pool's packages must exist and be active, named by the application's full ARM id:
+        "When creating a pool, the package's application ID must be fully qualified"; an unmet
+        reference fails "with the error code InvalidApplicationPackageReferences and HTTP status
+        code 409" (REST reference, BatchApplicationPackageReference)."""
+        for ref in references:
+            application = str(ref.get("applicationId") or "")
+            try:
+                if not application.startswith("/"):
+                    raise ValueError(f"applicationId {application!r} is not a fully qualified application id")
+                if self.application_package is None:
+                    raise ValueError("no application packages exist in this account")
+                self.application_package(application, ref.get("version"))
+            except Exception as exc:  # noqa: BLE001 - any unmet reference is the same Batch error
+                raise errors.conflict("InvalidApplicationPackageReferences",
+                                      f"One or more of the specified application package references are invalid: {exc}") from None
 
     def _check_vm_configuration(self, body: dict[str, Any]) -> None:
         if body.get("cloudServiceConfiguration"):
@@ -600,6 +621,8 @@ class BatchState:
         if body.get("jobReleaseTask") and not body.get("jobPreparationTask"):
             # "A Job Release Task cannot be specified without also specifying a Job Preparation Task" (REST reference).
             raise errors.invalid_property("jobReleaseTask", "set", "A job release task requires a job preparation task.")
+        if (body.get("constraints") or {}).get("maxWallClockTime") is not None:
+            _duration_property("constraints.maxWallClockTime", body["constraints"]["maxWallClockTime"])
         for task_prop in ("jobPreparationTask", "jobReleaseTask", "jobManagerTask"):
             if body.get(task_prop):
                 _require(body[task_prop], "commandLine")
@@ -661,6 +684,20 @@ class BatchState:
             job.rest.setdefault("executionInfo", {})["terminateReason"] = reason
             self._end_all_tasks(job)
             self._finish_terminate(job)
+
+    def expire_jobs(self) -> None:
+        """Terminate every job whose constraints.maxWallClockTime has passed since its creation:
+        "the Batch service terminates it and any Tasks that are still running. In this case, the
+        termination reason will be MaxWallClockTimeExpiry" (REST reference, JobConstraints)."""
+        now = utcnow()
+        for job in list(self.jobs.values()):
+            if job.state not in ("active", "disabled", "enabling", "disabling"):
+                continue
+            limit = (job.rest.get("constraints") or {}).get("maxWallClockTime")
+            if not limit or limit == UNLIMITED_TEXT:
+                continue
+            if parse_iso(job.rest["creationTime"]) + parse_duration(limit) <= now:
+                self.terminate_job(job.id, reason="MaxWallClockTimeExpiry")
 
     def _finish_terminate(self, job: Job) -> None:
         """A terminating job completes once its release task has run on every node that prepared it."""

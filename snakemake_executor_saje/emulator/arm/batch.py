@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from ..errors import BatchError
 from ..timeutil import iso_now
 from ..wire import Response
+from .applications import ApplicationProvider
 from .core import ArmError, bad_request, json_response, linked_authorization_failed, not_found, parent_not_found, public
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class BatchProvider:
         self.arm = arm
         self.secondary_key = base64.b64encode(os.urandom(64)).decode()
         arm.cleanup[POOL_TYPE.lower()] = self._drop_pool
+        self.applications = ApplicationProvider(arm)
         for account in arm.resources.find(type_=ACCOUNT_TYPE):
             self._register_keys(account["name"])
 
@@ -101,6 +103,10 @@ class BatchProvider:
                 raise not_found(ACCOUNT_TYPE, name, rg)
             return json_response(200, {"accountName": account["name"], "primary": self.arm.emulator.account_key,
                                        "secondary": self.secondary_key})
+        if low[2] == "applications":
+            if account is None:
+                raise parent_not_found(name)
+            return self.applications.handle(ctx, account, tail[2:])
         if low[2] == "pools":
             if account is None:
                 raise parent_not_found(name)

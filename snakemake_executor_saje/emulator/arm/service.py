@@ -37,7 +37,8 @@ RG_NAME = re.compile(r"^[-\w._()]{1,90}$")
 REGISTERED_BY_DEFAULT = ("Microsoft.Resources", "Microsoft.Authorization", "Microsoft.Storage",
                          "Microsoft.Compute", "Microsoft.Network")
 PROVIDER_TYPES = {
-    "Microsoft.Batch": ["batchAccounts", "batchAccounts/pools", "locations", "locations/checkNameAvailability",
+    "Microsoft.Batch": ["batchAccounts", "batchAccounts/pools", "batchAccounts/applications",
+                        "batchAccounts/applications/versions", "locations", "locations/checkNameAvailability",
                         "operations"],
     "Microsoft.Storage": ["storageAccounts", "storageAccounts/blobServices", "checkNameAvailability", "locations"],
     "Microsoft.Compute": ["virtualMachines", "disks", "galleries", "galleries/images", "galleries/images/versions",
@@ -104,6 +105,8 @@ class ArmService:
         # Pools of the Batch data plane may use gallery image versions made here.
         self.state.gallery_image_exists = self.compute.image_usable_by_batch
         self.state.gallery_image_root = self.compute.image_root
+        # Pools and tasks may reference application packages uploaded here.
+        self.state.application_package = self.batch.applications.resolve
 
     # ----------------------------------------------------------------- public helpers
     @property
