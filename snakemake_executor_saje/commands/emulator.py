@@ -52,7 +52,9 @@ def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
 def _make_emulator(args: argparse.Namespace, with_azurite: bool):
     from ..emulator import Emulator
 
-    data_dir = args.data_dir or DEFAULT_DATA_DIR
+    from .. import statedir
+
+    data_dir = statedir.ensure(args.data_dir or DEFAULT_DATA_DIR)
     return Emulator(
         data_dir, with_azurite=with_azurite, host=args.host, port=args.port, account_name=args.account_name,
         tls=args.tls, node_boot_seconds=args.node_boot_seconds, vm_size_catalogue=args.vm_size_catalogue,

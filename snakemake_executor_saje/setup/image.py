@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .. import catalogue
+from .. import catalogue, statedir
 from . import names
 from .clients import ARM_ENDPOINT, Arm
 from .markers import SetupError, existing, explain, is_not_found, read_marker, wait_until
@@ -303,7 +303,7 @@ def provision(arm: Arm, p: ImagePlan, script: str, log_path: Path) -> dict[str, 
     status = (result.value or [None])[0]
     code = getattr(status, "code", "") or ""
     message = getattr(status, "message", "") or ""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    statedir.ensure(log_path.parent)
     log_path.write_text(f"# {script} on {p.vm_name} ({code}, {time.monotonic() - started:.1f} s)\n"
                         f"# parameters: {json.dumps(params, sort_keys=True)}\n{message}\n")
     if not code.endswith("succeeded"):
@@ -532,7 +532,7 @@ def test_image(arm: Arm, p: ImagePlan, version: Mapping[str, Any], log: Callable
 
 
 def write_report(report: Mapping[str, Any], json_path: Path, text_path: Path) -> None:
-    json_path.parent.mkdir(parents=True, exist_ok=True)
+    statedir.ensure(json_path.parent)
     json_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     bench = report.get("benchmark") or {}
     lines = [f"SAJE image test: {report.get('image')}",

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from .. import statedir
+
 __all__ = ["SetupError", "write_marker", "read_marker", "markers_in", "explain", "wait_until", "now"]
 
 
@@ -30,7 +32,7 @@ def now() -> str:
 def write_marker(path: str | os.PathLike[str], record: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``record`` (plus ``time`` if absent) atomically as indented JSON; returns what was written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    statedir.ensure(path.parent)
     data = {**record}
     data.setdefault("time", now())
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
