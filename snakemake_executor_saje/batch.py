@@ -126,9 +126,12 @@ class BatchGateway:
 
     # ----------------------------------------------------------------- jobs
     def ensure_job(self, job_id: str, pool_id: str, *, display_name: str | None = None,
-                   environment: dict[str, str] | None = None) -> None:
+                   environment: dict[str, str] | None = None, max_wall_clock: dt.timedelta | None = None) -> None:
+        """Create the job; `max_wall_clock` is its constraints.maxWallClockTime (Batch terminates it,
+        and its running tasks, that long after its creation)."""
         job = models.BatchJobCreateOptions(
             id=job_id, display_name=display_name, pool_info=models.BatchPoolInfo(pool_id=pool_id),
+            constraints=models.BatchJobConstraints(max_wall_clock_time=max_wall_clock) if max_wall_clock else None,
             common_environment_settings=[models.EnvironmentSetting(name=k, value=v) for k, v in sorted((environment or {}).items())] or None,
         )
         try:

@@ -6,6 +6,7 @@
     saje emulator start|run|status|stop     the local Batch emulator (commands/emulator.py)
     saje deploy|teardown                    the Azure resources SAJE needs (commands/deploy.py)
     saje image create|test                  RDMA/MPI node images (commands/image.py)
+    saje app upload|list                    Batch application packages (commands/app.py)
 
 Global options (--profile, --account-url, --credentials-file, --json) go before or after the
 command words. Exit codes: 0 ok, 1 failed at Azure, 2 usage, 3 not found, 4 credentials or

@@ -24,7 +24,7 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
-from . import checkpoints, credentials, mapping, mpi, node_check, pools
+from . import allocation, checkpoints, credentials, mapping, mpi, node_check, pools
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
@@ -82,6 +82,27 @@ class Executor(RemoteExecutor):
         if self.uses_default_storage and node_check.patch_azure_directory_exists():
             self.logger.info("SAJE: snakemake-storage-plugin-azure <= 0.4.4 takes directory() outputs for missing; "
                              "SAJE corrects its exists() for this run, here and on the nodes.")
+        self._check_account(endpoint, credential)
+
+    def _check_account(self, endpoint: str, credential) -> None:
+        """Refuse (or warn about) what the Batch account cannot give, before anything is created:
+        Spot nodes on a Batch-service-mode account, a subnet with shared-key auth (allocation.py)."""
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        rules = getattr(self.workflow.remote_execution_settings, "preemptible_rules", None)
+        wants_spot = bool(self.settings.spot or (rules is not None and (rules.all or rules.rules)))
+        subnet = bool(self.settings.subnet_id)
+        if not (wants_spot or subnet):
+            return
+        shared_key = isinstance(credential, AzureNamedKeyCredential)
+        facts = None
+        if wants_spot:
+            facts = allocation.account_facts(endpoint, self.settings, credential.named_key.name if shared_key else None)
+        for finding in allocation.check(facts, wants_spot=wants_spot and (facts is not None or not self.emulated),
+                                        subnet=subnet, shared_key=shared_key):
+            if finding.level == "error":
+                raise WorkflowError(f"SAJE cannot run this workflow: {finding.message}")
+            self.logger.warning(f"SAJE: {finding.message}")
 
     # ----------------------------------------------------------------- submission
     def run_job(self, job: JobExecutorInterface) -> None:
@@ -107,6 +128,7 @@ class Executor(RemoteExecutor):
 
     def _prepare(self, job: JobExecutorInterface):
         spec = mapping.job_spec_from_job(job, self._job_command(job), preemptible=_preemptible(self.workflow, job))
+        packages = mapping.app_packages(spec, self.settings.app_packages)  # refused before any pool exists
         use = self._pool_for(spec)
         task_key = mapping.task_id(spec.rule, spec.jobid, spec.attempt)
         plan = mapping.plan_mpi(spec, use.shape, self.settings.mpi_flavor) if mapping.is_mpi(spec) else None
@@ -144,6 +166,7 @@ class Executor(RemoteExecutor):
             coordination_command=coordination,
             common_resource_files=common_files,
             default_mpi_flavor=self.settings.mpi_flavor,
+            application_packages=packages,
         )
         request = mapping.task_request(spec, use.shape, options, plan)
         info = SubmittedJobInfo(job, external_jobid=request.id, aux={"batch_job": use.job_id, "pool": use.pool_id})
@@ -266,12 +289,15 @@ class Executor(RemoteExecutor):
             shape = pools.pool_shape(pool_class, self.settings, pool_id)
             mapping.check_fits(spec, shape, self.settings.mpi_flavor)
             version = self.settings.snakemake_version or _snakemake_version()
-            spec_request = pools.pool_spec(
+            make_spec = lambda files: pools.pool_spec(  # noqa: E731
                 pool_class, self.settings, self.run_id, snakemake_version=version, pip_packages=self._node_packages(),
                 instances_per_task=mapping.plan_mpi(spec, shape, self.settings.mpi_flavor).nodes if mapping.is_mpi(spec) else 1,
                 min_autoscale_interval=0.0 if self.emulated else AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES,
+                start_task_files=files,
             )
+            make_spec(())  # refuses a pool SAJE must not create before anything is uploaded
             self._ensure_staging()
+            spec_request = make_spec(self._start_task_files())
             try:
                 created = self.batch.create_pool(spec_request)
             except HttpResponseError as exc:
@@ -280,8 +306,19 @@ class Executor(RemoteExecutor):
         job_id = f"{pool_id}-job"[:64] if created or not pool_class.existing_pool_id else f"saje-{self.run_id}-{key}"
         use = PoolUse(pool_class, pool_id, job_id, shape, created)
         self.uses[key] = use
-        self.batch.ensure_job(job_id, pool_id, display_name=f"snakemake run {self.run_id}")
+        self.batch.ensure_job(job_id, pool_id, display_name=f"snakemake run {self.run_id}",
+                              max_wall_clock=self.settings.job_wall_clock)
         return use
+
+    def _start_task_files(self) -> list:
+        """--saje-start-task-script, uploaded once per run into the staging container."""
+        script = self.settings.start_task_script
+        if not script or self.staging is None:
+            return []
+        path = Path(script).expanduser()
+        blob = f"start-task/{path.name}"
+        self.staging.upload_file(path, blob)
+        return [self.staging.resource_file(blob, path.name, "0755")]
 
     def _node_packages(self) -> list[str]:
         """What the start task installs beside Snakemake (--saje-snakemake-install pip): the default

@@ -49,6 +49,8 @@ __all__ = [
     "plan_mpi",
     "check_fits",
     "task_request",
+    "parse_app_packages",
+    "app_packages",
 ]
 
 MAX_TASK_ID = 64
@@ -137,6 +139,38 @@ class TaskOptions:
     coordination_command: str | None = None
     common_resource_files: Sequence[models.ResourceFile] = ()
     default_mpi_flavor: str = "auto"
+    application_packages: Sequence[tuple[str, str | None]] = ()
+
+
+_PACKAGE = re.compile(r"^([A-Za-z0-9_-][A-Za-z0-9_.-]{0,63})(?::([A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}))?$")
+
+
+def parse_app_packages(text: Any, where: str) -> list[tuple[str, str | None]]:
+    """'name:version name2' (spaces or commas between) -> [(name, version or None)]; a name
+    alone means the application's default version. ``where`` names the setting or rule."""
+    packages = []
+    for item in re.split(r"[\s,]+", str(text or "").strip()):
+        if not item:
+            continue
+        match = _PACKAGE.match(item)
+        if not match:
+            raise JobMappingError(
+                f"{where}: {item!r} is not an application package reference: NAME or NAME:VERSION, each"
+                " up to 64 letters, digits, '_', '-' or '.' (e.g. samtools:1.19)."
+            )
+        packages.append((match.group(1), match.group(2)))
+    return packages
+
+
+def app_packages(job: JobSpec, setting: Any = None) -> list[tuple[str, str | None]]:
+    """The packages a job's task references: --saje-app-packages, then the rule's
+    ``resources: saje_app_packages`` (a rule's version of an application wins)."""
+    chosen: dict[str, str | None] = {}
+    for name, version in [*parse_app_packages(setting, "--saje-app-packages"),
+                          *parse_app_packages(job.resources.get("saje_app_packages"),
+                                              f"rule {job.rule}: resources saje_app_packages")]:
+        chosen[name.lower()] = (name, version)  # type: ignore[assignment]
+    return list(chosen.values())  # type: ignore[arg-type]
 
 
 def job_spec_from_job(job: Any, command: str, *, preemptible: bool = False) -> JobSpec:
@@ -496,6 +530,10 @@ def task_request(
             )
         ),
         multi_instance_settings=multi,
+        application_package_references=[
+            models.BatchApplicationPackageReference(application_id=name, version=version)
+            for name, version in options.application_packages
+        ] or None,
     )
 
 

@@ -46,6 +46,7 @@ import hashlib
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from azure.batch import models
@@ -315,18 +316,11 @@ def mpi_autoscale_formula(
     )
 
 
-def start_task(
-    snakemake_version: str, pip_packages: Sequence[str] = ()
-) -> models.BatchStartTask:
-    """Start task that installs Snakemake (pinned) in a venv shared by all tasks.
-
-    Runs elevated (it may need the OS's python3-venv package), once per node,
-    and the pool waits for it: a node whose install failed takes no tasks and
-    reports the failure with the start task's Batch error code.
-    """
+def _snakemake_install_script(snakemake_version: str, pip_packages: Sequence[str]) -> str:
+    """The shell script that installs Snakemake (pinned) in a venv shared by all tasks; one line,
+    as Batch command lines are not meant to carry newlines."""
     pins = " ".join(shlex.quote(p) for p in [f"snakemake=={snakemake_version}", *pip_packages])
-    # One line: Batch command lines are not meant to carry newlines.
-    script = (
+    return (
         f'set -eu; venv="{NODE_VENV}"; '
         'if [ ! -x "$venv/bin/snakemake" ]; then '
         'if ! python3 -m venv "$venv"; then '
@@ -340,8 +334,39 @@ def start_task(
         'chmod -R a+rX "$venv"; fi; '
         '"$venv/bin/snakemake" --version'
     )
+
+
+def start_task(
+    snakemake_version: str | None = None,
+    pip_packages: Sequence[str] = (),
+    *,
+    user_command: str | None = None,
+    user_script: str | None = None,
+    resource_files: Sequence[models.ResourceFile] = (),
+) -> models.BatchStartTask | None:
+    """The pools' start task: SAJE's own step, then the user's (--saje-start-task, a shell command,
+    and --saje-start-task-script, a file among ``resource_files`` in the start task's working
+    directory), each in its own bash so that one's shell options do not leak into the next. None
+    when there is nothing to run.
+
+    SAJE's step installs Snakemake (pinned) in a venv shared by all tasks. The task runs elevated
+    (installing tools and the OS's python3-venv needs root), once per node, and the pool waits for
+    it: a node whose start task failed takes no tasks and reports the failure with its Batch
+    error code and its stderr.txt, whichever step failed.
+    """
+    steps = []
+    if snakemake_version:
+        steps.append(_snakemake_install_script(snakemake_version, pip_packages))
+    if user_command:
+        steps.append(user_command)
+    if user_script:
+        steps.append(f"/bin/bash ./{shlex.quote(user_script)}")
+    if not steps:
+        return None
+    script = steps[0] if len(steps) == 1 else " && ".join(f"/bin/bash -c {shlex.quote(s)}" for s in steps)
     return models.BatchStartTask(
         command_line=f"/bin/bash -c {shlex.quote(script)}",
+        resource_files=list(resource_files) or None,
         user_identity=models.UserIdentity(
             auto_user=models.AutoUserSpecification(scope="pool", elevation_level="admin")
         ),
@@ -383,6 +408,7 @@ def pool_spec(
     min_autoscale_interval: float = 5.0,
     pool_id: str | None = None,
     fixed_nodes: int | None = None,
+    start_task_files: Sequence[models.ResourceFile] = (),
 ) -> models.BatchPoolCreateOptions:
     """The pool to create for ``pool_class`` in run ``run_id``.
 
@@ -395,7 +421,8 @@ def pool_spec(
     instead of deriving the id from the run and class, and ``fixed_nodes``
     asks for that many nodes (spot when the class is) with no autoscale, MPI
     classes included: both for pools a user creates by hand (``saje pool
-    create``).
+    create``). ``start_task_files`` are the start task's resource files (the uploaded
+    --saje-start-task-script).
     """
     if pool_class.existing_pool_id:
         raise PoolSpecError(
@@ -462,13 +489,18 @@ def pool_spec(
         }
 
     install = settings.snakemake_install
-    start = None
-    if install == "pip":
-        if not snakemake_version:
-            raise PoolSpecError(
-                "--saje-snakemake-install pip needs the Snakemake version to pin."
-            )
-        start = start_task(snakemake_version, pip_packages)
+    if install == "pip" and not snakemake_version:
+        raise PoolSpecError(
+            "--saje-snakemake-install pip needs the Snakemake version to pin."
+        )
+    script = getattr(settings, "start_task_script", None)
+    start = start_task(
+        snakemake_version if install == "pip" else None,
+        pip_packages,
+        user_command=getattr(settings, "start_task", None),
+        user_script=Path(script).name if script else None,
+        resource_files=start_task_files,
+    )
 
     return models.BatchPoolCreateOptions(
         id=pool_id,

@@ -10,8 +10,10 @@ default, and they are left out of ``repr`` so that a logged settings object
 never shows them.
 """
 
-from dataclasses import dataclass, field
+import datetime
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Optional
 
 from snakemake_interface_common.exceptions import WorkflowError
@@ -35,13 +37,22 @@ SNAKEMAKE_INSTALL_MODES = ("pip", "container", "none")
 # Azure Batch rejects an autoscale evaluation interval under 5 minutes; the
 # emulator accepts shorter ones so that tests can watch a pool grow and shrink.
 AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES = 5.0
+# The run-wide safety net: generous enough for any real run, finite so nothing runs for ever.
+JOB_MAX_WALL_CLOCK_MINUTES = 7 * 24 * 60
 
 
-def _help(text: str, *, env: bool = False, secret: bool = False, **extra):
-    meta = {"help": text, **extra}
-    if env:
-        meta["env_var"] = True
+ENV_PREFIX = "SNAKEMAKE_SAJE_"
+
+
+def _help(text: str, *, secret: bool = False, default_text: str | None = None, **extra):
+    """A field's metadata: its help (ending added by `_documented`) and env_var, so that
+    every setting can also come from SNAKEMAKE_SAJE_<NAME>. ``default_text`` says what an
+    unset (None) default means, e.g. "the VM size's vCPUs"."""
+    meta = {"help": text, "env_var": True, **extra}
+    if default_text:
+        meta["default_text"] = default_text
     if secret:
+        meta["secret"] = True
         meta["help"] += (
             " Secret: set it only through the environment variable, never on the"
             " command line or in a profile; it is never printed."
@@ -49,6 +60,37 @@ def _help(text: str, *, env: bool = False, secret: bool = False, **extra):
     return meta
 
 
+def _shown_default(f) -> str:
+    if f.metadata.get("default_text"):
+        return f.metadata["default_text"]
+    value = f.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def env_var(name: str) -> str:
+    """The variable a setting comes from: what Snakemake's plugin interface derives from the
+    field (PluginBase.get_envvar), SNAKEMAKE_SAJE_<NAME>."""
+    return ENV_PREFIX + name.upper()
+
+
+def _documented(cls):
+    """Every field's help ends with its default and its variable, generated from the field so
+    that no help can state a stale default. The variable is written as configargparse
+    writes it ("   [env var: X]"), so `snakemake --help` does not repeat it."""
+    for f in fields(cls):
+        meta = dict(f.metadata)
+        meta["help"] = f"{meta['help'].rstrip()} (default: {_shown_default(f)})   [env var: {env_var(f.name)}]"
+        f.metadata = MappingProxyType(meta)
+    return cls
+
+
+@_documented
 @dataclass
 class ExecutorSettings(ExecutorSettingsBase):
     # --- where and who -------------------------------------------------------
@@ -58,7 +100,6 @@ class ExecutorSettings(ExecutorSettingsBase):
             "Batch account endpoint, e.g. https://myaccount.eastus.batch.azure.com"
             " (or http://127.0.0.1:PORT/ACCOUNT for the emulator). Falls back to the"
             " profile's batch_account_url.",
-            env=True,
         ),
     )
     credential_profile: Optional[str] = field(
@@ -67,28 +108,25 @@ class ExecutorSettings(ExecutorSettingsBase):
             "Name of a profile in the credentials file. Unset: DefaultAzureCredential"
             " (az login, managed identity, AZURE_* environment) or shared key when"
             " account name and key are set.",
-            env=True,
         ),
     )
     credentials_file: Path = field(
         default=DEFAULT_CREDENTIALS_FILE,
         metadata=_help(
             "JSON file with named credential profiles; must be private (chmod 600).",
-            env=True,
         ),
     )
     account_name: Optional[str] = field(
         default=None,
         metadata=_help(
             "Batch account name for shared-key authentication (the emulator).",
-            env=True,
         ),
     )
     account_key: Optional[str] = field(
         default=None,
         repr=False,
         metadata=_help(
-            "Batch account key for shared-key authentication.", env=True, secret=True
+            "Batch account key for shared-key authentication.", secret=True
         ),
     )
     # --- pools ----------------------------------------------------------------
@@ -121,7 +159,8 @@ class ExecutorSettings(ExecutorSettingsBase):
         default=None,
         metadata=_help(
             "Task slots per node of ordinary pools (a job takes as many slots as it"
-            " has threads). Default: the VM size's vCPUs."
+            " has threads).",
+            default_text="the VM size's vCPUs",
         ),
     )
     nodes: Optional[int] = field(
@@ -141,7 +180,7 @@ class ExecutorSettings(ExecutorSettingsBase):
     autoscale_formula: Optional[str] = field(
         default=None,
         metadata=_help(
-            "Replace SAJE's autoscale formula (see docs/autoscale). {min_nodes},"
+            "Replace SAJE's autoscale formula (docs/usage.md#pools-and-autoscale). {min_nodes},"
             " {max_nodes} and {slots_per_node} are substituted."
         ),
     )
@@ -191,8 +230,32 @@ class ExecutorSettings(ExecutorSettingsBase):
     snakemake_version: Optional[str] = field(
         default=None,
         metadata=_help(
-            "Snakemake version installed on nodes with --saje-snakemake-install pip."
-            " Default: the version running here."
+            "Snakemake version installed on nodes with --saje-snakemake-install pip.",
+            default_text="the version running here",
+        ),
+    )
+    start_task: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Shell command run as root on every node of the pools SAJE creates, after SAJE's own"
+            " set-up and before the node takes tasks (installing tools). A failure is reported"
+            " like any start-task failure, with the node's stderr.",
+        ),
+    )
+    start_task_script: Optional[Path] = field(
+        default=None,
+        metadata=_help(
+            "Local script uploaded with the run and run with bash, as root, on every node of the"
+            " pools SAJE creates, after --saje-start-task.",
+        ),
+    )
+    app_packages: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Application packages every job's task needs (uploaded with `saje app upload`):"
+            " NAME:VERSION or NAME (its default version), separated by spaces or commas. Batch"
+            " unpacks each on the node; the task finds it in $AZ_BATCH_APP_PACKAGE_<NAME>_<VERSION>"
+            " (per rule: resources saje_app_packages).",
         ),
     )
     container_image: Optional[str] = field(
@@ -207,12 +270,12 @@ class ExecutorSettings(ExecutorSettingsBase):
     )
     container_registry_username: Optional[str] = field(
         default=None,
-        metadata=_help("User name for the container registry.", env=True),
+        metadata=_help("User name for the container registry."),
     )
     container_registry_password: Optional[str] = field(
         default=None,
         repr=False,
-        metadata=_help("Password for the container registry.", env=True, secret=True),
+        metadata=_help("Password for the container registry.", secret=True),
     )
     # --- data ---------------------------------------------------------------------
     storage_account_url: Optional[str] = field(
@@ -222,7 +285,6 @@ class ExecutorSettings(ExecutorSettingsBase):
             " the workflow sources in every run, and input and output files too when"
             " no default storage provider is set. AZURE_STORAGE_CONNECTION_STRING, when"
             " set, is used instead.",
-            env=True,
         ),
     )
     storage_container: str = field(
@@ -244,8 +306,17 @@ class ExecutorSettings(ExecutorSettingsBase):
     max_wall_clock: Optional[int] = field(
         default=None,
         metadata=_help(
-            "Wall-clock limit in minutes for tasks whose rule sets no runtime."
-            " Default: none."
+            "Wall-clock limit in minutes for tasks whose rule sets no runtime.",
+            default_text="no limit",
+        ),
+    )
+    job_max_wall_clock: float = field(
+        default=JOB_MAX_WALL_CLOCK_MINUTES,
+        metadata=_help(
+            "Wall-clock limit in minutes of every Batch job SAJE creates (one per pool per run),"
+            " counted from its creation: Batch then terminates the job and its running tasks, so"
+            " a run whose Snakemake died cannot keep nodes busy for ever. 0: no limit.",
+            default_text=f"{JOB_MAX_WALL_CLOCK_MINUTES} (7 days)",
         ),
     )
     poll_interval: float = field(
@@ -329,10 +400,27 @@ class ExecutorSettings(ExecutorSettingsBase):
             yield "--saje-snakemake-install container needs --saje-container-image"
         if self.mpi_flavor not in MPI_FLAVORS:
             yield f"--saje-mpi-flavor must be one of {', '.join(MPI_FLAVORS)}, got {self.mpi_flavor!r}"
+        if self.start_task_script is not None and not Path(self.start_task_script).expanduser().is_file():
+            yield f"--saje-start-task-script {self.start_task_script} is not a file"
+        if self.app_packages:
+            from .mapping import JobMappingError, parse_app_packages
+
+            try:
+                parse_app_packages(self.app_packages, "--saje-app-packages")
+            except JobMappingError as exc:
+                yield str(exc)
+        if self.job_max_wall_clock < 0:
+            yield f"--saje-job-max-wall-clock must be >= 0 minutes (0: no limit), got {self.job_max_wall_clock}"
         if self.poll_interval <= 0:
             yield f"--saje-poll-interval must be > 0 seconds, got {self.poll_interval}"
         if self.pool_ready_timeout <= 0:
             yield f"--saje-pool-ready-timeout must be > 0 minutes, got {self.pool_ready_timeout}"
+
+    @property
+    def job_wall_clock(self) -> "datetime.timedelta | None":
+        """The Batch jobs' maxWallClockTime, None for no limit."""
+        minutes = float(self.job_max_wall_clock)
+        return datetime.timedelta(minutes=minutes) if minutes > 0 else None
 
     @property
     def autoscale(self) -> bool:

@@ -26,6 +26,16 @@ WORKFLOWS = Path(os.environ.get("SAJE_WORKFLOWS_DIR") or Path(__file__).resolve(
 
 
 def connection_options(parser: argparse.ArgumentParser) -> None:
+    group = arm_options(parser)
+    group.add_argument("--cores", type=int, default=2, help=argparse.SUPPRESS)
+    group.add_argument("--dry-run", "-n", action="store_true", help="show the steps, make no Azure call")
+    group.add_argument("--summary", action="store_true", help="list the markers and whether each step would run")
+    group.add_argument("snakemake_args", nargs="*", metavar="-- SNAKEMAKE_ARGS",
+                       help="further Snakemake arguments (after --), e.g. --dag")
+
+
+def arm_options(parser: argparse.ArgumentParser):
+    """How a command reaches Azure Resource Manager (also `saje app`); returns the option group."""
     group = parser.add_argument_group("Azure Resource Manager")
     group.add_argument("--subscription", metavar="ID", help="subscription id (default: the admin profile's,"
                        " else $AZURE_SUBSCRIPTION_ID)")
@@ -35,11 +45,7 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
                        " or $SAJE_ARM_ENDPOINT: the emulator)")
     group.add_argument("--ca-bundle", metavar="FILE", help="CA certificate to trust (the emulator's)")
     group.add_argument("--state-dir", metavar="DIR", help="markers directory (default .saje)")
-    group.add_argument("--cores", type=int, default=2, help=argparse.SUPPRESS)
-    group.add_argument("--dry-run", "-n", action="store_true", help="show the steps, make no Azure call")
-    group.add_argument("--summary", action="store_true", help="list the markers and whether each step would run")
-    group.add_argument("snakemake_args", nargs="*", metavar="-- SNAKEMAKE_ARGS",
-                       help="further Snakemake arguments (after --), e.g. --dag")
+    return group
 
 
 def connection_config(args: argparse.Namespace) -> dict[str, Any]:

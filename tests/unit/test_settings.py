@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import typing
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 import pytest
 from snakemake_interface_common.exceptions import WorkflowError
 
-from snakemake_executor_saje.settings import ExecutorSettings, common_settings
+from snakemake_executor_saje.settings import ENV_PREFIX, ExecutorSettings, _shown_default, common_settings, env_var
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_field_has_default_and_help():
@@ -36,14 +42,90 @@ def test_bool_fields_default_false():
             assert f.default is False, f.name
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["account_url", "credential_profile", "account_name", "account_key",
-     "container_registry_password", "storage_account_url", "credentials_file"],
-)
-def test_env_var_fields(name):
-    f = {f.name: f for f in fields(ExecutorSettings)}[name]
-    assert f.metadata.get("env_var") is True
+FIELDS = fields(ExecutorSettings)
+
+
+def test_every_field_has_an_environment_variable():
+    for f in FIELDS:
+        assert f.metadata.get("env_var") is True, f.name
+
+
+def _sample(f, tmp_path):
+    """A valid value for `f` other than its default: (text of the variable, parsed value)."""
+    if f.type is bool:
+        return "true", True
+    choices = [c for c in f.metadata.get("choices") or [] if c != f.default and c != "container"]
+    if choices:
+        return choices[0], choices[0]
+    base = typing.get_args(f.type)[0] if typing.get_origin(f.type) is typing.Union else f.type
+    if base is int:
+        return str((f.default or 0) + 3), (f.default or 0) + 3
+    if base is float:
+        return f"{(f.default or 0) + 1.5}", (f.default or 0) + 1.5
+    if base is Path:
+        script = tmp_path / f"{f.name}.sh"
+        script.write_text("echo hi\n")
+        return str(script), script
+    assert base is str, f"no sample for {f.name}: {f.type}"
+    return f"sample-{f.name}", f"sample-{f.name}"
+
+
+@pytest.mark.parametrize("f", FIELDS, ids=[f.name for f in FIELDS])
+def test_every_setting_comes_from_its_variable_through_snakemakes_parser(f, tmp_path, monkeypatch):
+    """`snakemake --executor saje` with only SNAKEMAKE_SAJE_<NAME> set: Snakemake's own argument
+    parser (configargparse) and the plugin interface turn it into the setting."""
+    from snakemake.cli import parse_args
+    from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
+
+    for name in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    text, expected = _sample(f, tmp_path)
+    monkeypatch.setenv(env_var(f.name), text)
+    monkeypatch.chdir(tmp_path)  # no workflow profile found by accident
+    _, args = parse_args(["--executor", "saje", "--cores", "1"])
+    settings = ExecutorPluginRegistry().get_plugin("saje").get_settings(args)
+    assert getattr(settings, f.name) == expected
+    assert getattr(settings, f.name) != f.default
+
+
+def test_false_from_the_environment_keeps_a_flag_off(monkeypatch, tmp_path):
+    from snakemake.cli import parse_args
+    from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
+
+    monkeypatch.setenv("SNAKEMAKE_SAJE_KEEP_POOL", "false")
+    monkeypatch.chdir(tmp_path)
+    _, args = parse_args(["--executor", "saje"])
+    assert ExecutorPluginRegistry().get_plugin("saje").get_settings(args).keep_pool is False
+
+
+@pytest.mark.parametrize("f", FIELDS, ids=[f.name for f in FIELDS])
+def test_help_states_the_default_and_the_variable(f):
+    from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
+
+    text = f.metadata["help"]
+    variable = ExecutorPluginRegistry().get_plugin("saje").get_envvar(f.name)
+    assert variable == env_var(f.name)
+    assert text.endswith(f"   [env var: {variable}]"), text
+    assert text.count("(default: ") == 1 and "Default:" not in text, text
+    if f.default is not None and not f.metadata.get("default_text"):
+        assert f"(default: {_shown_default(f)})" in text
+
+
+def test_snakemake_help_shows_each_variable_once():
+    from snakemake.cli import get_argument_parser
+
+    text = " ".join(get_argument_parser().format_help().split())
+    for f in FIELDS:
+        assert text.count(f"[env var: {env_var(f.name)}]") == 1, f.name
+
+
+def test_help_links_resolve():
+    """Every docs/... page (and #anchor) a help text names exists."""
+    from tests.unit.test_catalog import check_link
+
+    for f in FIELDS:
+        for target in re.findall(r"docs/[\w.-]+\.md(?:#[\w-]+)?", f.metadata["help"]):
+            assert check_link(REPO / target) is None, (f.name, target)
 
 
 def test_secrets_never_in_repr():
