@@ -76,6 +76,7 @@ def spec_settings(args: argparse.Namespace) -> SimpleNamespace:
         spot=args.spot, mpi_allow_spot=args.spot,
         subnet_id=args.subnet_id,
         snakemake_install="pip" if args.install_snakemake else "none",
+        start_task=args.start_task,
         container_image=args.container_image, container_registry=None,
         container_registry_username=None, container_registry_password=None,
     )
@@ -102,16 +103,13 @@ def check_create_args(args: argparse.Namespace) -> None:
         usage(f"MPI pools have one task slot per node (inter-node communication); got --slots {args.slots}")
     if args.slots is not None and args.slots < 1:
         usage(f"--slots must be >= 1, got {args.slots}")
-    if args.start_task and args.install_snakemake:
-        usage("--start-task and --install-snakemake both set the pool's start task; choose one.")
     if not 0 < args.timeout:
         usage(f"--timeout must be > 0 minutes, got {args.timeout}")
 
 
 def build_pool(args: argparse.Namespace):
-    """BatchPoolCreateOptions for `pool create`, through pools.pool_spec."""
-    from azure.batch import models
-
+    """BatchPoolCreateOptions for `pool create`, through pools.pool_spec (which also composes the
+    start task: the Snakemake install, then --start-task)."""
     from .. import catalogue, pools
 
     settings = spec_settings(args)
@@ -133,13 +131,6 @@ def build_pool(args: argparse.Namespace):
         fixed_nodes=None if args.autoscale else (1 if args.nodes is None else args.nodes),
         min_autoscale_interval=0.0,  # Batch itself refuses intervals under its minimum (5 minutes)
     )
-    if args.start_task:  # pool_spec left the start task empty (no Snakemake install)
-        spec.start_task = models.BatchStartTask(
-            command_line=args.start_task,
-            user_identity=models.UserIdentity(
-                auto_user=models.AutoUserSpecification(scope="pool", elevation_level="admin")),
-            max_task_retry_count=0, wait_for_success=True,
-        )
     return spec
 
 
@@ -320,10 +311,10 @@ def register(commands: argparse._SubParsersAction, parents: list[argparse.Argume
     p.add_argument("--spot", action="store_true", help="spot (low-priority) nodes instead of dedicated")
     p.add_argument("--container-image", help="container image every task runs in")
     p.add_argument("--subnet-id", help="virtual network subnet resource id")
-    start = p.add_mutually_exclusive_group()
-    start.add_argument("--start-task", metavar="COMMAND",
-                       help="command each node runs (elevated) before taking tasks; the node waits for it")
-    start.add_argument("--install-snakemake", nargs="?", const="current", metavar="VERSION",
+    p.add_argument("--start-task", metavar="COMMAND",
+                   help="shell command each node runs as root before taking tasks (after"
+                        " --install-snakemake's install); the node waits for it")
+    p.add_argument("--install-snakemake", nargs="?", const="current", metavar="VERSION",
                        help="start task installing Snakemake (default: the version running here) so"
                             " the executor can use the pool with --saje-pool-id")
     wait_options(p, "allocation is steady and every node has started (reports resize errors and"

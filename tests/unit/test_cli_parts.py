@@ -43,8 +43,7 @@ def test_emulator_commands_still_parse():
 
 
 @pytest.mark.parametrize("argv", [("pool",), ("pool", "create"), ("pool", "create", "p", "--nodes", "2", "--autoscale"),
-                                  ("job", "logs"), ("bogus",), ("pool", "create", "p", "--start-task", "x",
-                                                                "--install-snakemake")])
+                                  ("job", "logs"), ("bogus",)])
 def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         parse(*argv)
@@ -150,10 +149,13 @@ def test_autoscale_pool():
 
 
 def test_start_task_and_snakemake_install():
-    spec = pool.build_pool(create_args("--start-task", "/bin/bash -c 'echo hi'"))
+    spec = pool.build_pool(create_args("--start-task", "echo hi"))
     assert spec.start_task.command_line == "/bin/bash -c 'echo hi'" and spec.start_task.wait_for_success
+    assert spec.start_task.user_identity.auto_user.elevation_level == "admin"
     spec = pool.build_pool(create_args("--install-snakemake", "9.1.0"))
     assert "snakemake==9.1.0" in spec.start_task.command_line
+    both = pool.build_pool(create_args("--install-snakemake", "9.1.0", "--start-task", "echo hi")).start_task.command_line
+    assert both.index("snakemake==9.1.0") < both.index("echo hi")
 
 
 @pytest.mark.parametrize("extra", [("--min", "1"), ("--max", "2"), ("--autoscale", "--min", "3", "--max", "2"),
