@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from azure.batch import models
+from azure.core.exceptions import HttpResponseError
 
 from snakemake_executor_saje.emulator import Emulator
-from tests.conftest import FAST
+from tests.conftest import FAST, make_pool, wait_for
 from tests.e2e.conftest import VENV_BIN, run_snakemake, write_workflow
 from tests.e2e.test_arm_setup import SUB, _group, _name, _register_batch, _storage, clients, credential  # noqa: F401
 
@@ -141,3 +143,52 @@ def test_spot_nodes_run_on_a_user_subscription_account(arm_emulator, clients, tm
 
     assert run.returncode == 0, run.stdout[-4000:]
     assert (workdir / "out.txt").read_text() == "false\n"
+
+
+def _saje_app(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([SAJE, "--json", "app", *args, "--subscription", SUB], env=env, text=True,
+                          capture_output=True, timeout=120)
+
+
+def test_saje_app_upload_refuses_what_azure_cannot_take(arm_emulator, clients, tmp_path):
+    rg, account = _account(clients, "BatchService")
+    env = _environment(arm_emulator, clients, rg, account)
+    not_zip = tmp_path / "tool.tar"
+    not_zip.write_text("not a zip")
+    assert _saje_app(env, "upload", "tool", "1", str(not_zip), "--resource-group", rg,
+                     "--batch-account", account).returncode == 2
+
+    bare = _name("sajebare")  # an account with no auto-storage: nowhere to keep packages
+    clients.batch.batch_account.begin_create(rg, bare, {"location": "westeurope"}).result()
+    out = _saje_app(env, "upload", "tool", "1", str(_tool_zip(tmp_path / "t.zip")), "--resource-group", rg,
+                    "--batch-account", bare)
+    assert out.returncode == 1 and "AutoStorageNotConfigured" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_pools_package_reference_is_checked_and_installed_for_its_start_task(arm_emulator, clients, tmp_path):
+    """Pool-level references name the application's full ARM id; an unmet one is refused with 409
+    InvalidApplicationPackageReferences (REST reference); a met one is on every node."""
+    rg, account = _account(clients, "BatchService")
+    env = _environment(arm_emulator, clients, rg, account)
+    assert _saje_app(env, "upload", "greet", "2.0", str(_tool_zip(tmp_path / "g.zip")), "--resource-group", rg,
+                     "--batch-account", account).returncode == 0
+    app_id = clients.batch.application.get(rg, account, "greet").id
+    client = arm_emulator.client()
+    try:
+        with pytest.raises(HttpResponseError) as refused:
+            make_pool(client, wait=False, application_package_references=[
+                models.BatchApplicationPackageReference(application_id=app_id, version="9.9")])
+        assert refused.value.status_code == 409 and refused.value.error.code == "InvalidApplicationPackageReferences"
+
+        pool_id = make_pool(client, wait=False, application_package_references=[
+            models.BatchApplicationPackageReference(application_id=app_id, version="2.0")],
+            start_task=models.BatchStartTask(
+                command_line="/bin/sh -c '$AZ_BATCH_APP_PACKAGE_greet_2_0/bin/greet pool'", wait_for_success=True))
+        node = wait_for(lambda: next((n for n in client.list_nodes(pool_id) if n.state in ("idle", "starttaskfailed")),
+                                     None), 60, what="the node to run its start task")
+        assert node.state == "idle", node.start_task_info
+        out = b"".join(client.download_node_file(pool_id, node.id, "startup/stdout.txt")).decode()
+        assert out == "greetings from the package, version pool\n"
+        client.begin_delete_pool(pool_id)
+    finally:
+        client.close()
