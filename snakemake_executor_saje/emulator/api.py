@@ -47,7 +47,6 @@ class BatchApi:
 
     def __init__(self, state: BatchState):
         self.state = state
-        self.schema = schema.load()
         self.routes: list[Route] = []
         r = self._route
         r("GET", "/supportedimages", self.list_supported_images)
@@ -179,15 +178,17 @@ class BatchApi:
             if route.method != request.method:
                 continue
             params = {k: _unquote(v) for k, v in match.groupdict().items()}
-            request.operation = self._operation(request.method, path)
+            request.schema = schema.for_api_version(request.query.get("api-version"))
+            request.operation = self._operation(request.method, path, request.schema)
             return route.handler(request, **params)
         if matched_path:
             raise BatchError(405, "UnsupportedHttpVerb", f"The resource doesn't support the specified HTTP verb {request.method}.")
         raise BatchError(404, "InvalidUri", "The requested URI does not represent any resource on the server.")
 
-    def _operation(self, method: str, path: str) -> schema.Operation | None:
+    @staticmethod
+    def _operation(method: str, path: str, version_schema: schema.Schema) -> schema.Operation | None:
         """The SDK operation this request is (its body model, statuses, headers); literal paths first."""
-        candidates = [o for o in self.schema.operations if o.method == method and o.pattern.match(path)]
+        candidates = [o for o in version_schema.operations if o.method == method and o.pattern.match(path)]
         return min(candidates, key=lambda o: o.path.count("{"), default=None)
 
     def _check_api_version(self, request: Request) -> None:
@@ -217,13 +218,32 @@ class BatchApi:
                 raise BatchError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.")
             return body
         if not whole:
-            request_schema.readable(model, body, self.schema)
+            request_schema.readable(model, body, request.schema)
             return body
-        return request_schema.validated(model, body, self.schema)
+        return request_schema.validated(model, body, request.schema)
+
+    @staticmethod
+    def _task_reader(request: Request) -> Callable[[Any], dict[str, Any]]:
+        """How a task of this request is read: its api-version's task model (a task collection's
+        item model), so one task of a collection can fail alone."""
+        model = request.operation.body
+        value = request.schema.models[model]["properties"].get("value")
+        if value is not None and value["type"] == "array":
+            model = value["items"]["model"]
+        return lambda body: request_schema.validated(model, body, request.schema)
+
+    @staticmethod
+    def _projected(request: Request | None, rest: dict[str, Any]) -> dict[str, Any]:
+        """The entity as the request's api-version has it (see Schema.project)."""
+        model = request.operation.response if request is not None and request.operation else None
+        if model is None or model not in request.schema.models:
+            return rest
+        return request.schema.project(model, rest)
 
     def _entity(self, rest: dict[str, Any], collection: str, request: Request | None = None) -> Response:
         if request is not None:
             self._check_conditions(request, rest)
+        rest = self._projected(request, rest)
         payload = {"odata.metadata": f"{self.state.account_url}/$metadata#{collection}/@Element", **rest}
         if request is not None and request.query.get("$select"):
             payload = {"odata.metadata": payload["odata.metadata"], **odata.select_fields(rest, request.query["$select"])}
@@ -300,6 +320,7 @@ class BatchApi:
             item = items[position]
             position += 1
             if predicate is None or predicate(item):
+                item = self._projected(request, item)
                 page.append(odata.select_fields(item, select) if select else item)
         payload: dict[str, Any] = {"odata.metadata": f"{self.state.account_url}/$metadata#{collection}", "value": page}
         if position < len(items) and len(page) == limit:
@@ -495,7 +516,7 @@ class BatchApi:
             return self._list(request, items, "tasks", "tasks")
 
     def add_task(self, request: Request, job: str) -> Response:
-        return self._created(self.state.add_task(job, self._body(request)).rest)
+        return self._created(self.state.add_task(job, self._body(request), read=self._task_reader(request)).rest)
 
     def add_task_collection(self, request: Request, job: str) -> Response:
         if len(request.body) > MAX_COLLECTION_BYTES:
@@ -508,7 +529,7 @@ class BatchApi:
         if len(tasks) > MAX_TASKS_PER_COLLECTION:
             raise errors.invalid_property("value", len(tasks),
                                           f"The number of tasks in a collection cannot exceed {MAX_TASKS_PER_COLLECTION}.")
-        results = self.state.add_task_collection(job, tasks)
+        results = self.state.add_task_collection(job, tasks, read=self._task_reader(request))
         return Response.json(200, {"odata.metadata": f"{self.state.account_url}/$metadata#taskaddresult", "value": results})
 
     def get_task(self, request: Request, job: str, task: str) -> Response:

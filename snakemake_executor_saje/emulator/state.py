@@ -764,9 +764,10 @@ class BatchState:
             return {"taskCounts": counts, "taskSlotCounts": slots}
 
     # ----------------------------------------------------------------- tasks
-    def validate_task(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The task as the service reads it (schema first, then the service's own rules), or BatchError."""
-        body = request_schema.validated("BatchTaskCreateOptions", body)
+    def validate_task(self, body: dict[str, Any], read: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The task as the service reads it (schema first, with `read`, the request's api-version
+        reader; then the service's own rules), or BatchError."""
+        body = read(body) if read else request_schema.validated("BatchTaskCreateOptions", body)
         check_id(body.get("id"))
         slots = body.get("requiredSlots")
         if slots is not None and slots < 1:
@@ -830,8 +831,8 @@ class BatchState:
             raise errors.conflict("JobBeingTerminated", "The specified job is being terminated.")
         return job
 
-    def add_task(self, job_id: str, body: dict[str, Any]) -> Task:
-        body = self.validate_task(body)
+    def add_task(self, job_id: str, body: dict[str, Any], read: Callable[[Any], dict[str, Any]] | None = None) -> Task:
+        body = self.validate_task(body, read)
         with self.lock:
             job = self._job_accepting_tasks(job_id)
             if body["id"] in job.tasks:
@@ -843,14 +844,15 @@ class BatchState:
             self.notify()
             return task
 
-    def add_task_collection(self, job_id: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def add_task_collection(self, job_id: str, bodies: list[dict[str, Any]],
+                            read: Callable[[Any], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Per-task results in the order given; a bad task fails alone (status clienterror)."""
         with self.lock:
             job = self._job_accepting_tasks(job_id)
             results, added = [], []
             for body in bodies:
                 try:
-                    body = self.validate_task(body)
+                    body = self.validate_task(body, read)
                     if body["id"] in job.tasks:
                         raise errors.exists("Task")
                 except BatchError as exc:

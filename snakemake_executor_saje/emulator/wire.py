@@ -41,6 +41,7 @@ class Request:
     body: bytes = b""
     tls: bool = False
     operation: Any = None  # the service operation the request was routed to (set by the Batch API)
+    schema: Any = None  # the schema of the request's api-version (set by the Batch API)
 
     @classmethod
     def from_target(cls, method: str, target: str, headers: Mapping[str, str], body: bytes = b"", tls: bool = False) -> "Request":

@@ -202,3 +202,20 @@ def test_updates_and_actions_are_read_against_their_own_models(batch_client, sha
     assert batch_client.get_pool(shared_pool).target_dedicated_nodes == 2
     assert batch_client.get_node(shared_pool, node).scheduling_state == "enabled"
     batch_client.begin_delete_job(job_id)
+
+
+# ----------------------------------------------------------------------------- api-versions
+def test_each_api_version_is_read_with_its_own_schema(batch_client):
+    """azure-batch 14.x's api-version has the properties its SDK sends and 15.x dropped
+    (certificateReferences, targetNodeCommunicationMode); 2025-06-01 refuses them as unknown."""
+    extra = {"certificateReferences": [], "targetNodeCommunicationMode": "simplified"}
+    old_id, new_id = unique_id("v14"), unique_id("v15")
+    assert send(batch_client, "POST", "/pools", pool_body(old_id, **extra), api_version="2024-02-01.19.0").status == 201
+    reply = send(batch_client, "POST", "/pools", pool_body(new_id, **extra))
+    assert (reply.status, reply.code) == (400, BODY), reply.body
+    refused = send(batch_client, "POST", "/pools", pool_body(unique_id("v14"), bogus=1), api_version="2024-02-01.19.0")
+    assert "'Microsoft.Azure.Batch.Protocol.Entities.PoolAddParameter'" in refused.values["Reason"]
+    # each version answers with its own model's properties
+    assert "targetNodeCommunicationMode" in send(batch_client, "GET", f"/pools/{old_id}", api_version="2024-02-01.19.0").body
+    assert "targetNodeCommunicationMode" not in send(batch_client, "GET", f"/pools/{old_id}").body
+    batch_client.begin_delete_pool(old_id)

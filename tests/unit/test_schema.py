@@ -69,3 +69,13 @@ def test_canonical_body_uses_the_services_enum_spelling_and_drops_nulls():
         "id": "t", "commandLine": "x", "displayName": None,
         "userIdentity": {"autoUser": {"scope": "POOL", "elevationLevel": "Admin"}}})
     assert body == {"id": "t", "commandLine": "x", "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "admin"}}}
+
+
+def test_api_versions_pick_the_schema_of_their_sdk():
+    assert schema.for_api_version("2025-06-01") is schema.load()
+    assert schema.for_api_version("2024-07-01.20.0") is schema.load()
+    v14 = schema.for_api_version("2024-02-01.19.0")
+    assert v14.api_version == "2024-02-01.19.0" and schema.for_api_version("2023-11-01.18.0") is v14
+    assert v14.operation("POST", "/pools").body == "PoolAddParameter"
+    assert "certificateReferences" in v14.models["PoolAddParameter"]["properties"]
+    assert v14.models["TaskAddParameter"]["required"] == ["id", "commandLine"]

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 from ..timeutil import parse_duration, parse_iso
 
 SCHEMA_FILE = Path(__file__).with_name("batch-2025-06-01.json")
+# azure-batch 14.x's api-version; its schema is generated from that SDK (see generate.py).
+SCHEMA_14 = "2024-02-01.19.0"
 
 # Problem kinds, in the order the service meets them: the body reader first, then validation.
 UNKNOWN, TYPE, FORMAT, MISSING, ENUM = "unknown", "type", "format", "missing", "enum"
@@ -49,7 +51,7 @@ class Operation:
 
     @property
     def pattern(self) -> re.Pattern:
-        return re.compile("^" + re.sub(r"\{\w+\}", "[^/]+", self.path) + "$")
+        return _path_pattern(self.path)
 
 
 class Schema:
@@ -135,6 +137,29 @@ class Schema:
         elif not _format_ok(spec.get("format"), item):
             yield Problem(FORMAT, where, owner, spec, item)
 
+    def project(self, model: str, value: Any) -> Any:
+        """`value` as the read model `model` has it: properties the model lacks (kept from a request
+        of another api-version) are left out, so an answer carries only its version's properties."""
+        if not isinstance(value, dict):
+            return value
+        props = self.models[model]["properties"]
+        out = {}
+        for name, item in value.items():
+            spec = props.get(name)
+            if spec is None:
+                if name.startswith("odata."):
+                    out[name] = item
+                continue
+            out[name] = self._project_value(spec, item)
+        return out
+
+    def _project_value(self, spec: dict[str, Any], item: Any) -> Any:
+        if spec["type"] == "object":
+            return self.project(spec["model"], item)
+        if spec["type"] == "array" and spec["items"]["type"] == "object" and isinstance(item, list):
+            return [self.project(spec["items"]["model"], element) for element in item]
+        return item
+
     def canonical(self, model: str, value: dict[str, Any]) -> dict[str, Any]:
         """A copy of a valid request body with enum values in the service's own spelling and nulls dropped."""
         props = self.models[model]["properties"]
@@ -151,6 +176,11 @@ class Schema:
         if kind == "enum":
             return self.canonical_enum(spec["enum"], item)
         return item
+
+
+@lru_cache(maxsize=None)
+def _path_pattern(template: str) -> re.Pattern:
+    return re.compile("^" + re.sub(r"\{\w+\}", "[^/]+", template) + "$")
 
 
 def _shape(template: str) -> str:
@@ -182,9 +212,22 @@ def _format_ok(fmt: str | None, item: Any) -> bool:
     return True
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=None)
+def _load_file(name: str) -> Schema:
+    return Schema(json.loads(SCHEMA_FILE.with_name(name).read_text()))
+
+
 def load() -> Schema:
-    return Schema(json.loads(SCHEMA_FILE.read_text()))
+    """The 2025-06-01 schema (azure-batch 15.x)."""
+    return _load_file(SCHEMA_FILE.name)
 
 
-__all__ = ["Schema", "Operation", "Problem", "load", "UNKNOWN", "TYPE", "FORMAT", "MISSING", "ENUM", "READER_KINDS"]
+def for_api_version(api_version: str | None) -> Schema:
+    """The schema a request of `api_version` is read with: 2024-02-01.19.0 and older versions with
+    azure-batch 14.x's, 2024-07-01.20.0 and later with 15.x's (the nearest generated schema)."""
+    if api_version and api_version.split(".")[0] <= SCHEMA_14.split(".")[0]:
+        return _load_file(f"batch-{SCHEMA_14}.json")
+    return load()
+
+
+__all__ = ["Schema", "Operation", "Problem", "load", "for_api_version", "UNKNOWN", "TYPE", "FORMAT", "MISSING", "ENUM", "READER_KINDS"]

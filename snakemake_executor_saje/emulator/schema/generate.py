@@ -1,6 +1,7 @@
 """Derive the Batch data plane's schema from the azure-batch 15.x SDK's generated code.
 
     python -m snakemake_executor_saje.emulator.schema.generate     # rewrites batch-2025-06-01.json
+    ... generate --sdk14 DIR    # also batch-2024-02-01.19.0.json, from an unpacked azure-batch 14 wheel
 
 The SDK is generated from the same TypeSpec as the REST spec for api-version 2025-06-01, so its
 models carry every wire property (`rest_field(name=...)`, visibility, wire format), its type
@@ -181,11 +182,112 @@ def build() -> dict[str, Any]:
     }
 
 
-def main() -> None:
+# ----------------------------------------------------------------------------- azure-batch 14.x
+# The 14.x SDK (msrest, api-version 2024-02-01.19.0) is not installed beside 15.x; its schema is
+# generated from an unpacked wheel (`pip download --no-deps azure-batch==14.2.0`) by parsing its
+# sources: each model's _attribute_map (wire key, msrest type) and _validation (required), each
+# enum, and each operation's URL metadata, HTTP verb, body type, statuses and headers.
+_MSREST_PRIMITIVES = {
+    "str": {"type": "string"}, "int": {"type": "integer"}, "long": {"type": "integer"}, "bool": {"type": "boolean"},
+    "float": {"type": "number"}, "iso-8601": {"type": "string", "format": "date-time"},
+    "rfc-1123": {"type": "string", "format": "date-time"}, "duration": {"type": "string", "format": "duration"},
+    "bytearray": {"type": "string", "format": "byte"}, "object": {"type": "any"},
+}
+
+
+def _msrest_type(name: str, models: set[str], enums: set[str]) -> dict[str, Any]:
+    if name.startswith("[") and name.endswith("]"):
+        return {"type": "array", "items": _msrest_type(name[1:-1], models, enums)}
+    if name.startswith("{") and name.endswith("}"):
+        return {"type": "map", "values": _msrest_type(name[1:-1], models, enums)}
+    if name in _MSREST_PRIMITIVES:
+        return dict(_MSREST_PRIMITIVES[name])
+    if name in enums:
+        return {"type": "enum", "enum": name}
+    if name in models:
+        return {"type": "object", "model": name}
+    raise ValueError(f"unsupported msrest type {name!r}")
+
+
+def _class_dicts(tree: ast.Module) -> dict[str, dict[str, Any]]:
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            attrs = {}
+            for item in node.body:
+                if isinstance(item, ast.Assign) and len(item.targets) == 1 and isinstance(item.targets[0], ast.Name) \
+                        and item.targets[0].id in ("_attribute_map", "_validation"):
+                    attrs[item.targets[0].id] = ast.literal_eval(item.value)
+            found[node.name] = attrs
+    return found
+
+
+def build_msrest(package: Path) -> dict[str, Any]:
+    classes = _class_dicts(ast.parse((package / "models" / "_models_py3.py").read_text()))
+    enum_tree = ast.parse((package / "models" / "_batch_service_client_enums.py").read_text())
+    enums = {node.name: [item.value.value for item in node.body if isinstance(item, ast.Assign)]
+             for node in enum_tree.body if isinstance(node, ast.ClassDef)}
+    names = {name for name, attrs in classes.items() if "_attribute_map" in attrs}
+    models: dict[str, Any] = {}
+    for name in sorted(names):
+        attrs = classes[name]
+        if any(spec["key"] == "" for spec in attrs["_attribute_map"].values()):
+            continue  # an options bag of headers and query parameters, not a body
+        props, required = {}, []
+        for attr, spec in attrs["_attribute_map"].items():
+            props[spec["key"]] = _msrest_type(spec["type"], names, set(enums))
+            if attrs.get("_validation", {}).get(attr, {}).get("required"):
+                required.append(spec["key"])
+        models[name] = {"properties": props, "required": required}
+    operations, api_version = [], None
+    for module in sorted((package / "operations").glob("_*_operations.py")):
+        text = module.read_text()
+        api_version = api_version or re.search(r'self\.api_version = "([^"]+)"', text).group(1)
+        tree = ast.parse(text)
+        lines = text.splitlines(keepends=True)
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            for func in (n for n in cls.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")):
+                source = "".join(lines[func.lineno - 1:func.end_lineno])
+                url = re.search(rf"{func.name}\.metadata = {{'url': '([^']+)'}}", text)
+                verb = re.search(r"self\._client\.(get|post|put|patch|delete|head)\(", source)
+                if url is None or verb is None:
+                    continue
+                body = re.search(r"self\._serialize\.body\(\w+, '(\w+)'\)", source)
+                statuses = re.search(r"response\.status_code not in \[([\d, ]+)\]", source)
+                response = re.search(r"self\._deserialize\('(\w+)', response\)", source)
+                operations.append({
+                    "name": f"{module.stem.strip('_').removesuffix('_operations')}.{func.name}",
+                    "method": verb.group(1).upper(), "path": url.group(1),
+                    "body": body.group(1) if body else None,
+                    "statuses": [int(x) for x in statuses.group(1).split(",")] if statuses else [200],
+                    "response": response.group(1) if response else None,
+                    "paged": "Paged(" in source,
+                    "headers": re.findall(r"'([\w-]+)': '(?:str|rfc-1123|bool|long|int)',", source.split("add_headers", 1)[-1])
+                    if "add_headers" in source else [],
+                })
+    version = re.search(r'VERSION = "([^"]+)"', (package / "_version.py").read_text()).group(1)
+    return {"source": f"azure-batch {version} (msrest models and operations)", "apiVersion": api_version,
+            "models": models, "enums": dict(sorted(enums.items())),
+            "operations": sorted(operations, key=lambda o: (o["path"], o["method"]))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """No argument: the 15.x schema from the installed SDK. `--sdk14 DIR`: also the 14.x one,
+    from DIR/azure/batch of an unpacked azure-batch 14 wheel."""
+    import argparse
+
     import azure.batch._operations._operations  # noqa: F401  (so build() can read its source)
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sdk14", type=Path, help="an unpacked azure-batch 14.x wheel")
+    args = parser.parse_args(argv)
     OUTPUT.write_text(json.dumps(build(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {OUTPUT}")
+    if args.sdk14:
+        data = build_msrest(args.sdk14 / "azure" / "batch")
+        target = OUTPUT.with_name(f"batch-{data['apiVersion']}.json")
+        target.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {target}")
 
 
 if __name__ == "__main__":
