@@ -17,9 +17,24 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from snakemake.io import is_flagged
+from snakemake_interface_common.exceptions import WorkflowError
 
 # An input function can ask for one checkpoint after another; more rounds than this would be a loop.
 _MAX_ROUNDS = 100
+
+
+class UnseenOutputs(WorkflowError):
+    """Default storage: Snakemake evaluated a job's input functions here without the local copy
+    of checkpoint outputs they read. The checkpoint finished in an earlier run (SAJE fetches the
+    outputs of those finishing in this one) and Snakemake keeps no local copy between runs, so a
+    `glob_wildcards` over it saw nothing; the node, given the files, would see them."""
+
+    def __init__(self, job: Any, files: list[Any]):
+        queries = ", ".join(f.storage_object.query if getattr(f, "is_storage", False) else str(f) for f in files)
+        super().__init__(
+            f"SAJE: job {job} reads the output of a checkpoint finished before this run ({queries}), which had no "
+            "local copy when Snakemake evaluated its input function here, so Snakemake planned it without that "
+            "output's files. SAJE has fetched the copy now: run Snakemake again.\n")
 
 
 def needed_outputs(job: Any) -> list[Any]:

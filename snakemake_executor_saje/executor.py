@@ -112,9 +112,14 @@ class Executor(RemoteExecutor):
         """Map every ready job, then create all their tasks with create_tasks (100 per request)."""
         self._note_slurm_resources([mapping.job_spec_from_job(job, "") for job in jobs])
         by_use: dict[str, list] = {}
+        refused: list[tuple[JobExecutorInterface, str]] = []
         try:
             for job in jobs:
-                use, request, info = self._prepare(job)
+                try:
+                    use, request, info = self._prepare(job)
+                except checkpoints.UnseenOutputs as exc:  # this job only: the others go on
+                    refused.append((job, str(exc)))
+                    continue
                 by_use.setdefault(use.job_id, []).append((request, info))
             for job_id, items in by_use.items():
                 self.batch.submit(job_id, [request for request, _ in items])
@@ -125,6 +130,8 @@ class Executor(RemoteExecutor):
         for items in by_use.values():
             for _, info in items:
                 self.report_job_submission(info)
+        for job, message in refused:
+            self.report_job_error(SubmittedJobInfo(job), msg=message)
 
     def _prepare(self, job: JobExecutorInterface):
         spec = mapping.job_spec_from_job(job, self._job_command(job), preemptible=_preemptible(self.workflow, job))
@@ -218,13 +225,19 @@ class Executor(RemoteExecutor):
         looks for them (checkpoints.py)."""
         assert self.staging is not None
         try:
-            needed = [f for f in checkpoints.needed_outputs(job) if os.path.exists(str(f))]
+            needed = checkpoints.needed_outputs(job)
         except Exception as exc:  # noqa: BLE001 - the node evaluates the same functions and says what fails
             self.logger.warning(f"SAJE: could not tell which checkpoint outputs job {job} reads: {exc}")
             needed = []
         if not self.uses_default_storage:
-            return self.staging.stage_inputs([*_local_paths(job.input), *(str(f) for f in needed)])
-        return self.staging.stage_files((str(f), self._node_path(f)) for f in needed)
+            return self.staging.stage_inputs(_local_paths([*job.input, *needed]))
+        inputs = set(map(str, job.input))
+        unseen = [f for f in needed if not os.path.exists(str(f)) and str(f) not in inputs]
+        if unseen:
+            for f in unseen:
+                self.workflow.async_run(f.retrieve_from_storage())
+            raise checkpoints.UnseenOutputs(job, unseen)
+        return self.staging.stage_files((str(f), self._node_path(f)) for f in needed if os.path.exists(str(f)))
 
     def _node_path(self, f) -> str:
         """Where a file of the job is on the node, relative to the task's working directory."""

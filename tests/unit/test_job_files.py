@@ -78,3 +78,56 @@ def test_the_node_check_s_message_is_taken_from_the_end_of_stderr(tmp_path):
     assert refusal.startswith("refused to run the job") and "- the node would not run job total at all" in refusal
     stderr.write_text("Building DAG of jobs...\nsomething else\n")
     assert _node_check_refusal(stderr) == ""
+
+
+class _StorageFile(str):
+    """A default-storage file as Snakemake's jobs hold it: its local copy's path, and its query."""
+
+    is_storage = True
+    is_directory = False
+    retrieved = False
+
+    @property
+    def storage_object(self):
+        return SimpleNamespace(query="az://data/run/" + self.split("/run/", 1)[1])
+
+    async def retrieve_from_storage(self):
+        Path(self).mkdir(parents=True)
+        (Path(self) / "1.txt").write_text("1\n")
+
+
+def _executor_with_default_storage(tmp_path, monkeypatch, needed):
+    import asyncio
+
+    from snakemake_executor_saje import checkpoints, executor
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(checkpoints, "needed_outputs", lambda job: needed)
+    staged = []
+    ex = executor.Executor.__new__(executor.Executor)
+    ex.uses_default_storage = True
+    ex.staging = SimpleNamespace(stage_files=lambda pairs: staged.extend(pairs) or ["resource files"])
+    ex.workflow = SimpleNamespace(async_run=asyncio.run, storage_settings=SimpleNamespace(
+        local_storage_prefix=Path(".snakemake/storage"), remote_job_local_storage_prefix=Path("node/storage")))
+    return ex, staged
+
+
+def test_checkpoint_outputs_with_a_local_copy_go_to_the_nodes_storage_prefix(tmp_path, monkeypatch):
+    out = _StorageFile(".snakemake/storage/azure/data/run/clustering/a")
+    ex, staged = _executor_with_default_storage(tmp_path, monkeypatch, [out])
+    Path(out).mkdir(parents=True)
+    assert ex._stage_for_node(SimpleNamespace(input=[])) == ["resource files"]
+    assert staged == [(out, "node/storage/azure/data/run/clustering/a")]
+
+
+def test_a_checkpoint_output_evaluated_without_its_local_copy_is_fetched_and_the_job_refused(tmp_path, monkeypatch):
+    from snakemake_executor_saje.checkpoints import UnseenOutputs
+
+    out = _StorageFile(".snakemake/storage/azure/data/run/clustering/a")
+    ex, staged = _executor_with_default_storage(tmp_path, monkeypatch, [out])
+    with pytest.raises(UnseenOutputs, match=r"az://data/run/clustering/a.*run Snakemake again"):
+        ex._stage_for_node(SimpleNamespace(input=[]))
+    assert (Path(out) / "1.txt").exists() and staged == []  # fetched: the next run evaluates with it
+    # A checkpoint output that is also an input of the job was planned from its name alone.
+    Path(out, "1.txt").unlink(), Path(out).rmdir()
+    assert ex._stage_for_node(SimpleNamespace(input=[out])) == ["resource files"] and staged == []
