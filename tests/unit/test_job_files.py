@@ -131,3 +131,21 @@ def test_a_checkpoint_output_evaluated_without_its_local_copy_is_fetched_and_the
     # A checkpoint output that is also an input of the job was planned from its name alone.
     Path(out, "1.txt").unlink(), Path(out).rmdir()
     assert ex._stage_for_node(SimpleNamespace(input=[out])) == ["resource files"] and staged == []
+
+
+def test_expectations_too_large_for_one_variable_go_as_a_file(monkeypatch):
+    from snakemake_executor_saje import executor
+
+    uploads = {}
+    ex = executor.Executor.__new__(executor.Executor)
+    ex.staging = SimpleNamespace(upload_data=uploads.__setitem__,
+                                 resource_file=lambda blob, path: (blob, path))
+    job = SimpleNamespace(rule=SimpleNamespace(name="total"), wildcards_dict={}, input=["counts/A.txt"],
+                          output=["counts/total.txt"], is_group=lambda: False)
+    inline, files = ex._expectation(job, "total-1-a1")
+    assert node_check.decode(inline)["total"]["input"] == ["counts/A.txt"] and files == []
+    monkeypatch.setattr(executor, "INLINE_EXPECT_LIMIT", 10)
+    value, files = ex._expectation(job, "total-1-a1")
+    assert value == node_check.FILE_PREFIX + executor.NODE_EXPECT_PATH
+    assert files == [("tasks/total-1-a1/expected.txt", executor.NODE_EXPECT_PATH)]
+    assert node_check.decode(uploads["tasks/total-1-a1/expected.txt"].decode()) == node_check.decode(inline)

@@ -107,3 +107,16 @@ def test_azure_plugin_directories_exist_when_blobs_lie_under_them():
     assert obj.exists() and obj.is_dir()
     obj.get_prefix_blobs = lambda: iter([])
     assert not obj.exists()
+
+
+def test_the_node_check_needs_only_the_standard_library_and_snakemake():
+    """It runs on nodes where SAJE is not installed: nothing of SAJE, nothing but what Snakemake brings."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    tree = ast.parse(Path(node_check.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    allowed = {"snakemake", "snakemake_interface_storage_plugins", "snakemake_storage_plugin_azure", "__future__"}
+    assert imported - set(sys.stdlib_module_names) - allowed == set()
