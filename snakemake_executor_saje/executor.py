@@ -657,7 +657,8 @@ def _checked(command: str, python: str) -> str:
     if launch not in command:
         raise WorkflowError(f"SAJE cannot find `{launch.strip()}` in Snakemake's job command, where it puts its node "
                             "check; this Snakemake version builds job commands differently.")
-    return command.replace(launch, f"{python} {NODE_CHECK_PATH} ", 1)
+    before, _, after = command.rpartition(launch)  # the job's own Snakemake comes after any --precommand
+    return f"{before}{python} {NODE_CHECK_PATH} {after}"
 
 
 def _node_check_refusal(stderr: Path) -> str:

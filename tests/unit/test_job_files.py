@@ -67,6 +67,8 @@ def test_group_jobs_bring_every_job_s_files_directories_marked():
 def test_the_node_check_takes_the_place_of_python_m_snakemake():
     command = "python -m snakemake --snakefile Snakefile --target-jobs 'map:s=A' --mode remote"
     assert _checked(command, "python") == f"python {NODE_CHECK_PATH} --snakefile Snakefile --target-jobs 'map:s=A' --mode remote"
+    pre = "python -m snakemake --version && "  # a user's --precommand comes first
+    assert _checked(pre + command, "python") == pre + _checked(command, "python")
     with pytest.raises(WorkflowError, match="cannot find `python -m snakemake`"):
         _checked("snakemake --target-jobs x", "python")
 
