@@ -62,3 +62,25 @@ def send(client, method: str, path: str, body: Any = None, *, api_version: str =
 @pytest.fixture(scope="session")
 def batch_schema() -> schema.Schema:
     return schema.load()
+
+
+def assert_body(batch_schema, op, body: Any) -> None:
+    items = body["value"] if op.paged else [body]
+    problems = [str(p) for item in items for p in batch_schema.problems(op.response, item, request=False)]
+    assert problems == [], problems
+
+
+def assert_conforms(batch_schema, op, reply, *, sent_client_request_id: bool) -> None:
+    """Status, declared headers and body of one answer against the operation's schema."""
+    assert reply.status in op.statuses, (op.name, reply.status)
+    declared = {h.lower() for h in op.headers}
+    if not sent_client_request_id:
+        declared.discard("client-request-id")
+    missing = sorted(declared - set(reply.headers))
+    assert missing == [], f"{op.name}: declared headers missing: {missing}"
+    if "etag" in reply.headers:
+        assert not reply.headers["etag"].startswith('"'), reply.headers["etag"]
+    if op.response:
+        assert_body(batch_schema, op, reply.body)
+    elif op.method != "HEAD":
+        assert reply.body in (None, ""), (op.name, reply.body)

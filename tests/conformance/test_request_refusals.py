@@ -7,6 +7,7 @@ property -> 400 MissingRequiredProperty; value outside an enum -> 400 InvalidPro
 from __future__ import annotations
 
 import pytest
+from azure.batch import models
 
 from tests.conftest import IMAGE, NODE_AGENT, VM_SIZE, idle_nodes, make_job, unique_id
 from tests.conformance.conftest import send
@@ -163,8 +164,7 @@ def test_updates_and_actions_are_read_against_their_own_models(batch_client, sha
     """Patch, replace, resize, autoscale, node actions, job terminate/disable: each body has a model."""
     job_id = make_job(batch_client, shared_pool)
     task_id = unique_id("t")
-    batch_client.create_task(job_id, __import__("azure.batch", fromlist=["models"]).models.BatchTaskCreateOptions(
-        id=task_id, command_line="/bin/true"))
+    batch_client.create_task(job_id, models.BatchTaskCreateOptions(id=task_id, command_line="/bin/true"))
     node = idle_nodes(batch_client, shared_pool, 1)[0].id
     pool = f"/pools/{shared_pool}"
     cases = [

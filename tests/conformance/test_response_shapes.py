@@ -12,8 +12,7 @@ import pytest
 from azure.batch import models
 
 from tests.conftest import completed, idle_nodes, make_job, make_pool, unique_id
-from tests.conformance.conftest import send
-from tests.conformance.test_spec_examples import assert_conforms
+from tests.conformance.conftest import assert_conforms, send
 
 NAT = {"name": "TestEndpointConfig", "protocol": "udp", "backendPort": 64444, "frontendPortRangeStart": 60000,
        "frontendPortRangeEnd": 61000}

@@ -14,14 +14,15 @@ import json
 import re
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 from azure.batch import models
 
 from snakemake_executor_saje import catalogue
 from tests.conftest import IMAGE, NODE_AGENT, VM_SIZE, completed, idle_nodes, make_pool, unique_id
-from tests.conformance.conftest import send
+from tests.conformance.conftest import assert_body, assert_conforms, send
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.json"))
 
@@ -174,7 +175,7 @@ def test_spec_example_replays(example_file: Path, world: World, batch_client, ba
     params = example["parameters"]
     path = op.path
     for name, value in path_params.items():
-        path = path.replace("{" + name + "}", __import__("urllib.parse").parse.quote(value, safe=""))
+        path = path.replace("{" + name + "}", quote(value, safe=""))
     assert "{" not in path, path
     query = "&".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()
                      if not isinstance(v, dict) and k in ("recursive", "$filter", "$select", "$expand", "maxresults"))
@@ -195,25 +196,3 @@ def test_spec_example_replays(example_file: Path, world: World, batch_client, ba
     if op.name == "create_task_collection":  # and each task fares as the example says
         outcome = {r["taskId"]: r["status"] for r in reply.body["value"]}
         assert outcome == {r["taskId"]: r["status"] for r in expected["body"]["value"]}, reply.body
-
-
-def assert_body(batch_schema, op, body: Any) -> None:
-    items = body["value"] if op.paged else [body]
-    problems = [str(p) for item in items for p in batch_schema.problems(op.response, item, request=False)]
-    assert problems == [], problems
-
-
-def assert_conforms(batch_schema, op, reply, *, sent_client_request_id: bool) -> None:
-    """Status, declared headers and body of one answer against the operation's schema."""
-    assert reply.status in op.statuses, (op.name, reply.status)
-    declared = {h.lower() for h in op.headers}
-    if not sent_client_request_id:
-        declared.discard("client-request-id")
-    missing = sorted(declared - set(reply.headers))
-    assert missing == [], f"{op.name}: declared headers missing: {missing}"
-    if "etag" in reply.headers:
-        assert not reply.headers["etag"].startswith('"'), reply.headers["etag"]
-    if op.response:
-        assert_body(batch_schema, op, reply.body)
-    elif op.method != "HEAD":
-        assert reply.body in (None, ""), (op.name, reply.body)
