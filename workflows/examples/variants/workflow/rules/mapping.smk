@@ -12,7 +12,9 @@ rule bwa_mem:
         "benchmarks/bwa_mem/{sample}.tsv"
     params:
         rg=r"@RG\tID:{sample}\tSM:{sample}\tPL:ILLUMINA",
-        prefix="resources/genome.fa",
+        # bwa takes the index's common prefix: derived from the input, so that it is where the
+        # node has the index (with default storage: under .snakemake/storage/), not a fixed path
+        prefix=lambda wildcards, input: input.index[0].removesuffix(".amb"),
     threads: 2
     resources:
         mem_mb=2000,
