@@ -24,7 +24,7 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
-from . import allocation, checkpoints, credentials, mapping, mpi, node_check, pools
+from . import allocation, checkpoints, credentials, mapping, mpi, node_check, pools, sources
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
@@ -71,6 +71,7 @@ class Executor(RemoteExecutor):
         self.uses: dict[str, PoolUse] = {}
         self.staging: Staging | None = None
         self.source_files: list = []
+        self.shipped_sources: frozenset[str] = frozenset()  # what the source archive holds
         self.node_check_file = None
         self.last_poll: dt.datetime | None = None
         self.last_pool_check = 0.0
@@ -360,6 +361,7 @@ class Executor(RemoteExecutor):
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / "snakemake-workflow-sources.tar.xz"
             self.workflow.write_source_archive(archive)
+            self.shipped_sources = sources.archive_members(archive)
             self.source_files = [self.staging.upload_sources(archive)]
         self.staging.upload_file(Path(node_check.__file__), NODE_CHECK_BLOB)
         self.node_check_file = self.staging.resource_file(NODE_CHECK_BLOB, NODE_CHECK_PATH)
@@ -443,6 +445,9 @@ class Executor(RemoteExecutor):
             msg += f"\nlog {log} (last lines):\n{_tail(log, LOG_TAIL_LINES)}"
         stderr_tail = _tail(logs[1]) if len(logs) > 1 else ""  # an MPI task's digest comes first
         msg += (f"\nstderr (last lines):\n{stderr_tail}" if stderr_tail else "") + "\n"
+        if stderr is not None:
+            hint = sources.missing_source_hint(_tail(stderr, 200), self.shipped_sources, Path.cwd())
+            msg += f"SAJE: {hint}\n" if hint else ""
         self.report_job_error(info, msg=msg, aux_logs=[str(p) for p in [*records, *logs]])
 
     def _bring_records_back(self, info: SubmittedJobInfo) -> list[Path]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import SNAKEMAKE, run_snakemake
+from tests.e2e.conftest import SNAKEMAKE, run_snakemake, write_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -43,9 +43,8 @@ BAM_HEADER_SKIP = ("@PG\t",)
 VCF_HEADER_SKIP = ("##reference=",)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _tools() -> None:
-    """The example's tools are installed by scripts/setup.sh; without them this fails, loudly."""
+def _require_tools() -> None:
+    """The example's tools are installed by scripts/setup.sh; without them the tests fail, loudly."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} not found: workflows/examples/variants needs bwa, samtools and bcftools; "
@@ -64,6 +63,7 @@ def _copy_example(target: Path) -> Path:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> Path:
     """A plain local `snakemake --cores 2` of the example: the reference results."""
+    _require_tools()
     workdir = _copy_example(tmp_path_factory.mktemp("variants") / "local")
     run = subprocess.run([SNAKEMAKE, "--cores", "2", "--quiet"], cwd=workdir, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
@@ -122,6 +122,34 @@ def test_variants_through_azure_default_storage_match_a_local_run(local_run, tmp
     finally:
         service.delete_container(container)
         service.close()
+
+
+# ----------------------------------------------------------------------------- porting
+SHEET_READ_AT_PARSE = """
+import csv
+with open("samples.tsv") as sheet:
+    SAMPLES = [row["sample"] for row in csv.DictReader(sheet, delimiter="\\t")]
+
+rule all:
+    input: expand("out/{s}.txt", s=SAMPLES)
+
+rule one:
+    output: "out/{s}.txt"
+    shell: "echo {wildcards.s} > {output}"
+"""
+
+
+def test_a_sample_sheet_git_does_not_track_is_named_with_the_fix(tmp_path, saje_env, clean_account):
+    """The first run of a pipeline from a folder that is no git repository: the node parses the
+    Snakefile without the sample sheet, and SAJE's error says why and what to do."""
+    workdir = write_workflow(tmp_path / "wf", SHEET_READ_AT_PARSE, {"samples.tsv": "sample\nS1\n"})
+
+    run = run_snakemake(workdir, saje_env)
+
+    assert run.returncode != 0
+    assert "No such file or directory: 'samples.tsv'" in run.stdout, run.stdout[-3000:]
+    assert "SAJE: samples.tsv exists here but not on the node" in run.stdout
+    assert "git add samples.tsv" in run.stdout
 
 
 # ----------------------------------------------------------------------------- comparison
