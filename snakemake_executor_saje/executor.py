@@ -24,7 +24,7 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
-from . import allocation, checkpoints, credentials, mapping, mpi, node_check, pools, sources
+from . import allocation, checkpoints, containers, credentials, mapping, mpi, node_check, pools, sources
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
@@ -78,6 +78,13 @@ class Executor(RemoteExecutor):
         self.uses_default_storage = bool(self.workflow.storage_settings.default_storage_provider)
         self.next_seconds_between_status_checks = float(self.settings.poll_interval)
         self.srun_rules: set[str] = set()  # rules whose srun translation was logged
+        self.run_image = containers.run_image(self.settings.snakemake_install,
+                                              getattr(self.workflow.remote_execution_settings, "container_image", None))
+        self.apptainer = _uses_apptainer(self.workflow)
+        self.container_notes: set[str] = set()  # rules whose container choice was logged
+        if self.run_image:
+            self.logger.info(f"SAJE: jobs run in container image {self.run_image} (--container-image); "
+                             "it must hold Snakemake (docs/usage.md#containers).")
         self.slurm_resources: set[str] = set()  # Slurm-only resources already said to be ignored
         _check_preemptible_settings(self.workflow.remote_execution_settings)
         if self.uses_default_storage and node_check.patch_azure_directory_exists():
@@ -124,7 +131,7 @@ class Executor(RemoteExecutor):
                 by_use.setdefault(use.job_id, []).append((request, info))
             for job_id, items in by_use.items():
                 self.batch.submit(job_id, [request for request, _ in items])
-        except (mapping.JobMappingError, pools.PoolSpecError, BatchSubmitError) as exc:
+        except (mapping.JobMappingError, pools.PoolSpecError, containers.ContainerChoiceError, BatchSubmitError) as exc:
             raise WorkflowError(str(exc)) from None
         except HttpResponseError as exc:
             raise WorkflowError(f"Azure Batch refused the submission: {describe_http_error(exc)}") from None
@@ -135,9 +142,12 @@ class Executor(RemoteExecutor):
             self.report_job_error(SubmittedJobInfo(job), msg=message)
 
     def _prepare(self, job: JobExecutorInterface):
-        spec = mapping.job_spec_from_job(job, self._job_command(job), preemptible=_preemptible(self.workflow, job))
+        spec = mapping.job_spec_from_job(job, self._job_command(job), preemptible=_preemptible(self.workflow, job),
+                                         apptainer=self.apptainer)
         packages = mapping.app_packages(spec, self.settings.app_packages)  # refused before any pool exists
         use = self._pool_for(spec)
+        image = use.pool_class.container_image
+        self._note_container(spec, image)
         task_key = mapping.task_id(spec.rule, spec.jobid, spec.attempt)
         plan = mapping.plan_mpi(spec, use.shape, self.settings.mpi_flavor) if mapping.is_mpi(spec) else None
         environment = dict(self.workflow.spawned_job_args_factory.envvars())
@@ -150,7 +160,9 @@ class Executor(RemoteExecutor):
             resource_files.extend(expect_files)
             output_files = [*self._output_files(job, task_key), *self.staging.log_files(task_key)]
             command = f"tar -xJf {Path(self.source_files[0].file_path).name} && {command}" if self.source_files else command
-        if self.settings.snakemake_install == "pip":
+        if image:  # the task runs in the image, where apptainer cannot nest
+            command = containers.without_apptainer(command)
+        elif self.settings.snakemake_install == "pip":
             command = f". \"{pools.NODE_VENV}/bin/activate\" && {command}"
         coordination, common_files = None, []
         if plan is not None:
@@ -170,7 +182,10 @@ class Executor(RemoteExecutor):
             environment=environment,
             resource_files=resource_files,
             output_files=output_files,
-            container_image=use.pool_class.container_image,
+            container_image=image,
+            # Root in the container ("Batch runs the task as root in the container context"), so that
+            # an image's own directories (a conda or pip prefix) stay writable to its tools.
+            elevated=bool(image),
             coordination_command=coordination,
             common_resource_files=common_files,
             default_mpi_flavor=self.settings.mpi_flavor,
@@ -179,6 +194,15 @@ class Executor(RemoteExecutor):
         request = mapping.task_request(spec, use.shape, options, plan)
         info = SubmittedJobInfo(job, external_jobid=request.id, aux={"batch_job": use.job_id, "pool": use.pool_id})
         return use, request, info
+
+    def _note_container(self, spec: mapping.JobSpec, image: str | None) -> None:
+        """Say once per rule when its own container: is not the image its task runs in
+        (resources saje_container wins), so that no container: is ignored without a word."""
+        named = {c for c in spec.containers if c}
+        if named and image and spec.resources.get("saje_container") and spec.rule not in self.container_notes:
+            self.container_notes.add(spec.rule)
+            self.logger.warning(f"SAJE: rule {spec.rule}: resources saje_container={image!r} is the image its task "
+                                f"runs in, not its container: {', '.join(sorted(named))}.")
 
     def _note_slurm_resources(self, specs: list[mapping.JobSpec]) -> None:
         """Say once per resource name (one line for a run whose profile sets them) that Slurm's own
@@ -282,7 +306,7 @@ class Executor(RemoteExecutor):
 
     # ----------------------------------------------------------------- pools and jobs
     def _pool_for(self, spec: mapping.JobSpec) -> PoolUse:
-        pool_class = pools.pool_class_for(spec, self.settings)
+        pool_class = pools.pool_class_for(spec, self.settings, self.run_image)
         key = pool_class.key
         use = self.uses.get(key)
         if use is not None:
@@ -294,7 +318,9 @@ class Executor(RemoteExecutor):
                     f"Pool {pool_id!r} (from --saje-pool-id or resources: saje_pool) does not exist in the Batch account; "
                     "create it (saje pool create) or leave the setting out so SAJE creates one for the run."
                 )
-            shape = _shape_of_existing(self.batch.get_pool(pool_id), pool_class)
+            existing = self.batch.get_pool(pool_id)
+            containers.check_existing_pool(pool_id, _container_config(existing), pool_class.container_image, spec.rule)
+            shape = _shape_of_existing(existing, pool_class)
             mapping.check_fits(spec, shape, self.settings.mpi_flavor)
             self._ensure_staging()
             created = False
@@ -564,6 +590,13 @@ class Executor(RemoteExecutor):
             use.problems.append(f"start task failed on node {node.id} ({code})")
             self.logger.error(f"SAJE: the start task failed on node {node.id} of pool {use.pool_id} ({code})"
                               + (f"; its stderr: {target}" if saved else ""))
+        for node in self.batch.unusable_nodes(use.pool_id):
+            if f"unusable:{node.id}" in use.reported:
+                continue
+            use.reported.add(f"unusable:{node.id}")
+            errors = "; ".join(_node_error(e) for e in node.errors or []) or "no error reported"
+            use.problems.append(f"node {node.id} unusable: {errors}")
+            self.logger.error(f"SAJE: node {node.id} of pool {use.pool_id} is unusable: {errors}")
 
     # ----------------------------------------------------------------- cancel and cleanup
     def cancel_jobs(self, active_jobs: List[SubmittedJobInfo]) -> None:
@@ -618,6 +651,12 @@ class Executor(RemoteExecutor):
 
 
 # --------------------------------------------------------------------- helpers
+def _node_error(error) -> str:
+    """'Code: message (name: value, ...)' of a BatchNodeError."""
+    details = ", ".join(f"{d.name}: {d.value}" for d in error.error_details or [])
+    return f"{error.code}: {error.message}" + (f" ({details})" if details else "")
+
+
 def _usable(counts) -> int:
     """Idle or running nodes of a pool, dedicated and Spot (from list_pool_node_counts)."""
     return sum(getattr(c, "idle", 0) + getattr(c, "running", 0) for c in (counts.dedicated, counts.low_priority) if c)
@@ -641,6 +680,19 @@ def _check_preemptible_settings(remote) -> None:
         # fails with a TypeError on that rule's first error when it is unset.
         raise WorkflowError("SAJE: --preemptible-rules needs --preemptible-retries N too (0 for no retries): "
                             "Snakemake takes the retries of those rules from that setting only.")
+
+
+def _uses_apptainer(workflow) -> bool:
+    """--sdm apptainer: the rules' container: directives apply."""
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    settings = getattr(workflow, "deployment_settings", None)
+    return DeploymentMethod.APPTAINER in set(getattr(settings, "deployment_method", None) or ())
+
+
+def _container_config(pool) -> object | None:
+    vm = pool.virtual_machine_configuration
+    return vm.container_configuration if vm is not None else None
 
 
 def _preemptible(workflow, job) -> bool:

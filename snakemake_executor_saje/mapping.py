@@ -84,6 +84,8 @@ class JobSpec:
     is_group: bool = False
     attempt: int = 1
     preemptible: bool = False
+    # The rules' container: images that apply (Snakemake's --sdm apptainer), one per job of a group.
+    containers: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,8 +175,9 @@ def app_packages(job: JobSpec, setting: Any = None) -> list[tuple[str, str | Non
     return list(chosen.values())  # type: ignore[arg-type]
 
 
-def job_spec_from_job(job: Any, command: str, *, preemptible: bool = False) -> JobSpec:
-    """Adapter from a snakemake ``JobExecutorInterface`` (the only impure bit)."""
+def job_spec_from_job(job: Any, command: str, *, preemptible: bool = False, apptainer: bool = False) -> JobSpec:
+    """Adapter from a snakemake ``JobExecutorInterface`` (the only impure bit). ``apptainer``: the
+    run's software deployment method includes apptainer, so the rules' ``container:`` apply."""
     resources = {
         str(k): v
         for k, v in dict(job.resources.items()).items()
@@ -196,6 +199,8 @@ def job_spec_from_job(job: Any, command: str, *, preemptible: bool = False) -> J
         is_group=bool(job.is_group()),
         attempt=int(job.attempt or 1),
         preemptible=preemptible,
+        containers=tuple(getattr(j, "container_img_url", None) for j in (job.jobs if job.is_group() else [job]))
+        if apptainer else (),
     )
 
 

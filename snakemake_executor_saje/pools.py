@@ -52,7 +52,7 @@ from typing import Any, Sequence
 from azure.batch import models
 from snakemake_interface_common.exceptions import WorkflowError
 
-from . import catalogue
+from . import catalogue, containers
 from .mapping import JobSpec, PoolShape, is_mpi
 
 __all__ = [
@@ -137,18 +137,29 @@ def _canonical_size(name: str) -> str:
     return known.name if known else name
 
 
-def pool_class_for(job: JobSpec, settings: Any) -> PoolClass:
+def pool_class_for(job: JobSpec, settings: Any, run_image: str | None = None) -> PoolClass:
     """The pool class for ``job`` from its resources and the settings.
 
     Per rule: ``saje_vm_size``, ``saje_pool`` (an existing pool),
-    ``saje_container``; ``mpi`` selects the MPI class. Spot comes from
+    ``saje_container`` or the rule's ``container:`` (``job.containers``);
+    ``mpi`` selects the MPI class. ``run_image`` is the run's container image
+    (``containers.run_image``), for the jobs that name none. Spot comes from
     ``--saje-spot`` or ``--preemptible-rules`` (``job.preemptible``); an MPI
-    job on spot is refused unless ``--saje-mpi-allow-spot``.
+    job on spot is refused unless ``--saje-mpi-allow-spot``. MPI jobs run on
+    the MPI node image, never in a container (SAJE's MPI launch, its hostfile
+    and srun stand-in, run on the node): one that names an image is refused.
     """
     res = job.resources
-    container = res.get("saje_container") or settings.container_image
     existing = res.get("saje_pool")
     if is_mpi(job):
+        named = containers.job_image(job.rule, res, job.containers, None)
+        if named:
+            raise PoolSpecError(
+                f"Rule {job.rule} is an MPI job with container image {named!r}, but SAJE runs MPI jobs on the"
+                " MPI node image, not in containers (its launch of the ranks across nodes runs on the node)."
+                " Build the rule's software into --saje-mpi-image (saje image create) and drop the image from"
+                " the rule."
+            )
         spot = bool(job.preemptible)
         if spot and not settings.mpi_allow_spot:
             raise PoolSpecError(
@@ -160,11 +171,11 @@ def pool_class_for(job: JobSpec, settings: Any) -> PoolClass:
             vm_size=_canonical_size(str(res.get("saje_vm_size") or settings.mpi_vm_size)),
             image=settings.mpi_image,
             node_agent_sku=settings.mpi_node_agent_sku,
-            container_image=container or None,
             spot=spot,
             mpi=True,
             existing_pool_id=str(existing) if existing else None,
         )
+    container = containers.job_image(job.rule, res, job.containers, run_image)
     if not existing and not res.get("saje_vm_size") and settings.pool_id:
         existing = settings.pool_id
     return PoolClass(
@@ -376,10 +387,23 @@ def start_task(
 
 
 def _container_configuration(
-    pool_class: PoolClass, settings: Any
+    pool_class: PoolClass, settings: Any, image: ImageChoice
 ) -> models.BatchContainerConfiguration | None:
+    """The pool's containerConfiguration: its one image pre-fetched on every node, the registry's
+    credentials. Refused on a marketplace image Batch does not list as DockerCompatible (no
+    container runtime: "Batch supports ... images that have container support designations",
+    batch-docker-container-workloads)."""
     if not pool_class.container_image:
         return None
+    ref = image.reference
+    known = catalogue.find_image(ref.publisher, ref.offer, ref.sku) if ref.publisher else None
+    if known is not None and "DockerCompatible" not in (known.get("capabilities") or []):
+        raise PoolSpecError(
+            f"Jobs that run in container image {pool_class.container_image!r} need a node image with a container"
+            f" runtime, but {ref.publisher}:{ref.offer}:{ref.sku} is not DockerCompatible in Batch's list of"
+            " supported images. Set --saje-image to one that is, e.g. microsoft-dsvm:ubuntu-hpc:2404, or a"
+            " gallery image with Docker or containerd installed."
+        )
     registries = None
     if settings.container_registry:
         registries = [
@@ -390,7 +414,7 @@ def _container_configuration(
             )
         ]
     return models.BatchContainerConfiguration(
-        type="dockerCompatible",
+        type=getattr(settings, "container_type", None) or "dockerCompatible",
         container_image_names=[pool_class.container_image],
         container_registries=registries,
     )
@@ -488,7 +512,8 @@ def pool_spec(
             "auto_scale_evaluation_interval": datetime.timedelta(minutes=interval),
         }
 
-    install = settings.snakemake_install
+    # A container pool's jobs find Snakemake in their image: nothing to install on the node.
+    install = "container" if pool_class.container_image else settings.snakemake_install
     if install == "pip" and not snakemake_version:
         raise PoolSpecError(
             "--saje-snakemake-install pip needs the Snakemake version to pin."
@@ -509,7 +534,7 @@ def pool_spec(
         virtual_machine_configuration=models.VirtualMachineConfiguration(
             image_reference=image.reference,
             node_agent_sku_id=image.node_agent_sku_id,
-            container_configuration=_container_configuration(pool_class, settings),
+            container_configuration=_container_configuration(pool_class, settings, image),
         ),
         task_slots_per_node=slots,
         task_scheduling_policy=models.BatchTaskSchedulingPolicy(

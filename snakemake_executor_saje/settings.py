@@ -28,12 +28,14 @@ __all__ = [
     "DEFAULT_CREDENTIALS_FILE",
     "MPI_FLAVORS",
     "SNAKEMAKE_INSTALL_MODES",
+    "CONTAINER_TYPES",
     "AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES",
 ]
 
 DEFAULT_CREDENTIALS_FILE = Path("~/.azure/saje.json")
 MPI_FLAVORS = ("auto", "openmpi", "mpich", "intelmpi")
 SNAKEMAKE_INSTALL_MODES = ("pip", "container", "none")
+CONTAINER_TYPES = ("dockerCompatible", "criCompatible")
 # Azure Batch rejects an autoscale evaluation interval under 5 minutes; the
 # emulator accepts shorter ones so that tests can watch a pool grow and shrink.
 AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES = 5.0
@@ -222,8 +224,10 @@ class ExecutorSettings(ExecutorSettingsBase):
         default="pip",
         metadata=_help(
             "How nodes get Snakemake: 'pip' installs the version running here in the"
-            " pool's start task, 'container' runs jobs in --saje-container-image,"
-            " 'none' trusts the image to have it.",
+            " pool's start task, 'container' runs every job in Snakemake's --container-image"
+            " (its default too, snakemake/snakemake:v<version>), 'none' trusts the node image to"
+            " have it. A --container-image other than Snakemake's default always runs jobs in"
+            " that image (docs/usage.md#containers).",
             choices=list(SNAKEMAKE_INSTALL_MODES),
         ),
     )
@@ -258,10 +262,13 @@ class ExecutorSettings(ExecutorSettingsBase):
             " (per rule: resources saje_app_packages).",
         ),
     )
-    container_image: Optional[str] = field(
-        default=None,
+    container_type: str = field(
+        default="dockerCompatible",
         metadata=_help(
-            "Container image every job runs in (per rule: resources saje_container)."
+            "Container technology of the pools that run jobs in containers (Batch's"
+            " containerConfiguration.type): dockerCompatible or criCompatible. The image is"
+            " Snakemake's --container-image (per rule: resources saje_container).",
+            choices=list(CONTAINER_TYPES),
         ),
     )
     container_registry: Optional[str] = field(
@@ -396,8 +403,8 @@ class ExecutorSettings(ExecutorSettingsBase):
                 f"--saje-snakemake-install must be one of {', '.join(SNAKEMAKE_INSTALL_MODES)},"
                 f" got {self.snakemake_install!r}"
             )
-        if self.snakemake_install == "container" and not self.container_image:
-            yield "--saje-snakemake-install container needs --saje-container-image"
+        if self.container_type not in CONTAINER_TYPES:
+            yield f"--saje-container-type must be one of {', '.join(CONTAINER_TYPES)}, got {self.container_type!r}"
         if self.mpi_flavor not in MPI_FLAVORS:
             yield f"--saje-mpi-flavor must be one of {', '.join(MPI_FLAVORS)}, got {self.mpi_flavor!r}"
         if self.start_task_script is not None and not Path(self.start_task_script).expanduser().is_file():

@@ -77,7 +77,7 @@ def spec_settings(args: argparse.Namespace) -> SimpleNamespace:
         subnet_id=args.subnet_id,
         snakemake_install="pip" if args.install_snakemake else "none",
         start_task=args.start_task,
-        container_image=args.container_image, container_registry=None,
+        container_image=args.container_image, container_type="dockerCompatible", container_registry=None,
         container_registry_username=None, container_registry_password=None,
     )
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import blobio, ssh_shim
+from . import blobio, containers, ssh_shim
 from .layout import NodeLayout
 from .model import Job, Node, Task
 from .state import BatchState, _set_state
@@ -63,9 +63,21 @@ class Failure:
     category: str
     code: str
     message: str
+    details: list[dict[str, str]] | None = None
 
-    def as_tuple(self) -> tuple[str, str, str]:
-        return (self.category, self.code, self.message)
+    def as_tuple(self) -> tuple:
+        return (self.category, self.code, self.message, *([self.details] if self.details else []))
+
+    def as_info(self) -> dict[str, Any]:
+        """The REST failureInfo object."""
+        info: dict[str, Any] = {"category": self.category, "code": self.code, "message": self.message}
+        if self.details:
+            info["details"] = self.details
+        return info
+
+    @classmethod
+    def of_container(cls, exc: containers.ContainerError) -> "Failure":
+        return cls("usererror", exc.code, exc.message, exc.detail_list())
 
 
 def user_identity(identity: dict[str, Any] | None, *, start_task: bool = False) -> tuple[str, str]:
@@ -90,6 +102,9 @@ class NodeAgent:
         self.bin_dir.mkdir(parents=True, exist_ok=True)
         ssh_shim.install_ssh_shim(self.bin_dir, self.data_dir, python=sys.executable)
         self._procs: dict[str, list[subprocess.Popen]] = {}
+        self._containers: dict[str, list[str]] = {}  # process key -> names of its containers
+        self.engine = containers.Engine(containers.Engine.instance_for(self.data_dir))
+        self.engine.remove_all()  # what an earlier emulator on this data dir left (a crash)
         self._install_lock = threading.Lock()
         self._killed: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -119,6 +134,7 @@ class NodeAgent:
             keys = list(self._procs)
         for key in keys:
             self._kill_key(key, "shutdown")
+        self.engine.remove_all()
 
     # ----------------------------------------------------------------- environment
     def image_root(self, node: Node) -> Path | None:
@@ -160,7 +176,7 @@ class NodeAgent:
             "AZ_BATCH_ACCOUNT_NAME": self.config.account_name,
             "AZ_BATCH_ACCOUNT_URL": self.state.account_url + "/",
             "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.dedicated else "false",
-            "AZ_BATCH_NODE_MOUNTS_DIR": str(layout.root / "fsmounts"),
+            "AZ_BATCH_NODE_MOUNTS_DIR": str(layout.mounts),
             "AZ_BATCH_CERTIFICATES_DIR": str(layout.startup / "certs"),
         })
         return env
@@ -237,8 +253,12 @@ class NodeAgent:
 
     # ----------------------------------------------------------------- processes
     def _spawn(self, key: str, command_line: str, env: dict[str, str], cwd: Path, out_dir: Path,
-               stem: str = "") -> subprocess.Popen:
-        """Start one command line without a shell, as Batch does on Linux."""
+               stem: str = "", container: containers.ContainerSpec | None = None) -> subprocess.Popen:
+        """Start one command line without a shell, as Batch does on Linux, on the node or in
+        `container` (created here, then started attached: its output and exit code are the
+        process's). Raises FileNotFoundError or containers.ContainerError."""
+        if container is not None:
+            return self._spawn_container(key, container, env, out_dir, stem)
         argv = shlex.split(command_line)
         if not argv:
             raise FileNotFoundError("empty command line")
@@ -260,6 +280,60 @@ class NodeAgent:
             self._procs.setdefault(key, []).append(proc)
         return proc
 
+    def _spawn_container(self, key: str, spec: containers.ContainerSpec, env: dict[str, str], out_dir: Path,
+                         stem: str) -> subprocess.Popen:
+        engine_env = containers.passthrough_environment(env)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._containers.setdefault(key, []).append(spec.name)
+        self.engine.create(spec, engine_env)
+        with open(out_dir / f"{stem}stdout.txt", "ab") as out, open(out_dir / f"{stem}stderr.txt", "ab") as err:
+            proc = subprocess.Popen(self.engine.start_argv(spec.name), cwd=out_dir, env=engine_env, stdout=out,
+                                    stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+        with self._lock:
+            self._procs.setdefault(key, []).append(proc)
+        return proc
+
+    def _container(self, node: Node, job: Job | None, rest: dict[str, Any], env: dict[str, str], task_dir: Path, *,
+                   key: str, command_line: str | None = None,
+                   needs_settings: bool = True) -> containers.ContainerSpec | None:
+        """The container a task's command line runs in, or None when it runs on the node itself.
+
+        A task's containerSettings and its pool's containerConfiguration go together ("If the Pool
+        that will run this Task has containerConfiguration set, this must be set as well. If the
+        Pool ... doesn't have containerConfiguration set, this must not be set"); a task that breaks
+        the rule fails with ContainerInvalidSettings (the code is assumed). Start, preparation and
+        release tasks may run either way (``needs_settings=False``)."""
+        settings = rest.get("containerSettings")
+        with self.state.lock:
+            pool = self.state.pools.get(node.pool_id)
+            configured = bool(pool and (pool.rest.get("virtualMachineConfiguration") or {}).get("containerConfiguration"))
+        if not settings:
+            if configured and needs_settings:
+                raise containers.ContainerError(containers.INVALID_SETTINGS, {
+                    "Message": f"pool {node.pool_id} has a containerConfiguration: its tasks need containerSettings"})
+            return None
+        if not configured:
+            raise containers.ContainerError(containers.INVALID_SETTINGS, {
+                "Message": f"pool {node.pool_id} has no containerConfiguration: its tasks cannot have containerSettings"})
+        layout = node.layout
+        prep = env.get("AZ_BATCH_JOB_PREP_DIR")
+        directories = {"Shared": layout.shared, "Startup": layout.startup, "VfsMounts": layout.mounts,
+                       "Task": task_dir, "JobPrep": Path(prep) if prep else None, "Applications": layout.applications}
+        mounts = containers.bind_mounts(settings.get("containerHostBatchBindMounts"), directories, layout.root)
+        declared = [*((job.rest.get("commonEnvironmentSettings") or []) if job is not None else []),
+                    *(rest.get("environmentSettings") or [])]
+        variables = sorted({k for k in env if k.startswith("AZ_BATCH_")} | {d["name"] for d in declared})
+        workdir = env["AZ_BATCH_TASK_WORKING_DIR"] if (settings.get("workingDirectory") or "taskWorkingDirectory").lower() \
+            == "taskworkingdirectory" else None
+        return containers.ContainerSpec(
+            name=self.engine.container_name(f"{key}/{time.monotonic_ns()}"),
+            image=str(settings["imageName"]),
+            command=containers.command_argv(command_line if command_line is not None else rest.get("commandLine") or ""),
+            variables=tuple(variables), mounts=tuple(mounts), workdir=workdir,
+            run_options=tuple(shlex.split(settings.get("containerRunOptions") or "")), user="0:0",
+        )
+
     def _wait(self, key: str, proc: subprocess.Popen, deadline: float | None) -> int | None:
         """Exit code, or None when the wall clock ran out (the process group is then killed)."""
         while True:
@@ -276,7 +350,10 @@ class NodeAgent:
     def _forget(self, key: str) -> str | None:
         with self._lock:
             self._procs.pop(key, None)
-            return self._killed.pop(key, None)
+            names = self._containers.pop(key, [])
+            killed = self._killed.pop(key, None)
+        self.engine.remove(*names)
+        return killed
 
     def kill(self, task: Task, reason: str) -> None:
         self._kill_key(task.key, reason)
@@ -284,13 +361,50 @@ class NodeAgent:
     def _kill_key(self, key: str, reason: str) -> None:
         with self._lock:
             procs = list(self._procs.get(key, []))
+            names = list(self._containers.get(key, []))
             if procs:
                 self._killed[key] = reason
         _terminate_groups(procs)
+        self.engine.remove(*names)  # the attached client is gone; its container may run on
 
-    # ----------------------------------------------------------------- start task
-    def run_start_task(self, node: Node) -> None:
-        threading.Thread(target=self._start_task_thread, args=(node,), name=f"start-{node.id[:16]}", daemon=True).start()
+    # ----------------------------------------------------------------- node preparation, start task
+    def prepare_node(self, node: Node) -> None:
+        """A booted node: pull its pool's container images (if any), then run its start task."""
+        threading.Thread(target=self._prepare_thread, args=(node,), name=f"start-{node.id[:16]}", daemon=True).start()
+
+    def _prepare_thread(self, node: Node) -> None:
+        with self.state.lock:
+            pool = self.state.pools.get(node.pool_id)
+            config = dict((pool.rest.get("virtualMachineConfiguration") or {}).get("containerConfiguration") or {}) \
+                if pool else {}
+        if config:
+            errors = self._pull_images(list(config.get("containerImageNames") or []))
+            with self.state.lock:
+                if node.state != "starting" or node.removing:
+                    return
+                if errors:
+                    self.state.node_unusable(node, errors)
+                    return
+                run_start = self.state.node_booted(node, pool)
+                self.state.save_node(node)
+                self.state.notify()
+            if not run_start:
+                return
+        self._start_task_thread(node)
+
+    def _pull_images(self, images: list[str]) -> list[dict[str, Any]]:
+        """The pool's images from the machine's local storage (the emulator's registry): a BatchNodeError
+        per missing image, as a failed pre-fetch leaves the node unusable on Azure (the code and
+        message are the task failure's for an invalid image: the node error's are assumed)."""
+        try:
+            missing = self.engine.missing_images(images)
+            reason = "not in the emulator's local image storage (podman pull or podman import it first)"
+        except containers.ContainerError as exc:
+            missing, reason = images or ["(none)"], exc.details.get("Message", exc.message)
+        code, message = containers.INVALID_IMAGE
+        return [{"code": code, "message": message,
+                 "errorDetails": [{"name": "ContainerImage", "value": image}, {"name": "Message", "value": reason}]}
+                for image in missing]
 
     def _start_task_thread(self, node: Node) -> None:
         with self.state.lock:
@@ -313,12 +427,16 @@ class NodeAgent:
                     exit_code = 1
                     (layout.startup / "stderr.txt").write_text("start task failed (injected fault)\n")
                 else:
-                    proc = self._spawn(key, start["commandLine"], env, layout.startup / "wd", layout.startup)
+                    container = self._container(node, None, start, env, layout.startup, key=key, needs_settings=False)
+                    proc = self._spawn(key, start["commandLine"], env, layout.startup / "wd", layout.startup,
+                                       container=container)
                     exit_code = self._wait(key, proc, None)
             except blobio.ResourceFileError as exc:
                 failure = Failure(exc.category, exc.code, exc.message)
             except PackageInstallError as exc:
                 failure = Failure("usererror", "ApplicationPackageError", str(exc))
+            except containers.ContainerError as exc:
+                failure = Failure.of_container(exc)
             except FileNotFoundError:
                 failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
             if self._forget(key):
@@ -337,7 +455,7 @@ class NodeAgent:
             info["result"] = "success" if ok else "failure"
             if not ok:
                 f = failure or Failure("usererror", "FailureExitCode", "The task exited with an exit code representing a failure")
-                info["failureInfo"] = {"category": f.category, "code": f.code, "message": f.message}
+                info["failureInfo"] = f.as_info()
             if node.state == "waitingforstarttask":
                 _set_state(node.rest, "idle" if ok else "starttaskfailed", model="BatchNode")
             self.state.save_node(node)
@@ -376,10 +494,13 @@ class NodeAgent:
         exit_code, failure = None, None
         try:
             blobio.download_resource_files(prep.get("resourceFiles") or [], task_dir / "wd", auto_storage=self.auto_storage())
-            proc = self._spawn(key, prep["commandLine"], env, task_dir / "wd", task_dir)
+            proc = self._spawn(key, prep["commandLine"], env, task_dir / "wd", task_dir,
+                               container=self._container(node, job, prep, env, task_dir, key=key, needs_settings=False))
             exit_code = self._wait(key, proc, None)
         except blobio.ResourceFileError as exc:
             failure = Failure(exc.category, exc.code, exc.message)
+        except containers.ContainerError as exc:
+            failure = Failure.of_container(exc)
         except FileNotFoundError:
             failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
         self._forget(key)
@@ -391,7 +512,7 @@ class NodeAgent:
             if exit_code is not None:
                 record["exitCode"] = exit_code
             if failure:
-                record["failureInfo"] = {"category": failure.category, "code": failure.code, "message": failure.message}
+                record["failureInfo"] = failure.as_info()
             job.prep_release[node.id] = {"poolId": node.pool_id, "nodeId": node.id, "nodeUrl": node.rest["url"],
                                          "jobPreparationTaskExecutionInfo": record}
             self.state.save_node(node)
@@ -413,14 +534,17 @@ class NodeAgent:
             try:
                 blobio.download_resource_files(release.get("resourceFiles") or [], task_dir / "wd",
                                                auto_storage=self.auto_storage())
-                proc = self._spawn(key, release["commandLine"], self.task_environment(node, job, release, task_dir),
-                                   task_dir / "wd", task_dir)
+                env = self.task_environment(node, job, release, task_dir)
+                proc = self._spawn(key, release["commandLine"], env, task_dir / "wd", task_dir, container=self._container(
+                    node, job, release, env, task_dir, key=key, needs_settings=False))
                 limit = parse_duration(release.get("maxWallClockTime") or "PT15M").total_seconds()
                 exit_code = self._wait(key, proc, time.monotonic() + limit)
                 if exit_code is None:
                     failure = Failure("usererror", "TaskEnded", "The job release task exceeded its maxWallClockTime")
             except blobio.ResourceFileError as exc:
                 failure = Failure(exc.category, exc.code, exc.message)
+            except containers.ContainerError as exc:
+                failure = Failure.of_container(exc)
             except FileNotFoundError:
                 failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
             self._forget(key)
@@ -430,7 +554,7 @@ class NodeAgent:
             if exit_code is not None:
                 record["exitCode"] = exit_code
             if failure is not None:
-                record["failureInfo"] = {"category": failure.category, "code": failure.code, "message": failure.message}
+                record["failureInfo"] = failure.as_info()
             with self.state.lock:
                 entry = job.prep_release.setdefault(node.id, {"poolId": node.pool_id, "nodeId": node.id,
                                                               "nodeUrl": node.rest["url"]})
@@ -465,9 +589,10 @@ class NodeAgent:
         try:
             blobio.download_resource_files(rest.get("resourceFiles") or [], wd, auto_storage=self.auto_storage())
             env.update(self.package_environment(node, rest.get("applicationPackageReferences")))
+            container = self._container(node, job, rest, env, task_dir, key=task.key)
             if not self.state.mark_running(task, attempt):
                 return
-            proc = self._spawn(task.key, rest["commandLine"], env, wd, task_dir)
+            proc = self._spawn(task.key, rest["commandLine"], env, wd, task_dir, container=container)
             exit_code = self._wait(task.key, proc, self._deadline(rest))
             if exit_code is None:
                 failure = Failure("usererror", "TaskEnded",
@@ -476,6 +601,8 @@ class NodeAgent:
             failure = Failure(exc.category, exc.code, exc.message)
         except PackageInstallError as exc:
             failure = Failure("usererror", "ApplicationPackageError", str(exc))
+        except containers.ContainerError as exc:
+            failure = Failure.of_container(exc)
         except FileNotFoundError:
             failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
         if self._forget(task.key):
@@ -565,8 +692,12 @@ class NodeAgent:
             try:
                 for index, node in enumerate(nodes):
                     task_dir = node.layout.task_dir(job.id, task.id)
-                    procs.append(self._spawn(task.key, coordination, instance_env(index, node), task_dir / "wd", task_dir,
-                                             stem="" if index else "coordination-"))
+                    env = instance_env(index, node)
+                    container = self._container(node, job, rest, env, task_dir, key=task.key, command_line=coordination)
+                    procs.append(self._spawn(task.key, coordination, env, task_dir / "wd", task_dir,
+                                             stem="" if index else "coordination-", container=container))
+            except containers.ContainerError as exc:
+                failure = Failure.of_container(exc)
             except FileNotFoundError:
                 failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
             for index, proc in enumerate(procs):
@@ -579,11 +710,15 @@ class NodeAgent:
         if failure is None:
             task_dir = primary.layout.task_dir(job.id, task.id)
             try:
-                proc = self._spawn(task.key, rest["commandLine"], instance_env(0, primary), task_dir / "wd", task_dir)
+                env = instance_env(0, primary)
+                proc = self._spawn(task.key, rest["commandLine"], env, task_dir / "wd", task_dir,
+                                   container=self._container(primary, job, rest, env, task_dir, key=task.key))
                 exit_code = self._wait(task.key, proc, deadline)
                 if exit_code is None:
                     failure = Failure("usererror", "TaskEnded",
                                       "The task exceeded its maxWallClockTime constraint and was terminated")
+            except containers.ContainerError as exc:
+                failure = Failure.of_container(exc)
             except FileNotFoundError:
                 failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
         # The primary's end ends the task: stop whatever the coordination commands left running.

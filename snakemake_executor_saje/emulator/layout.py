@@ -28,6 +28,11 @@ class NodeLayout:
     def shared(self) -> Path:
         return self.root / "shared"
 
+    @property
+    def mounts(self) -> Path:
+        """AZ_BATCH_NODE_MOUNTS_DIR: the pool's mountConfiguration file systems."""
+        return self.root / "fsmounts"
+
     def task_dir(self, job_id: str, task_id: str) -> Path:
         return self.root / "workitems" / job_id / "job-1" / task_id
 

@@ -66,7 +66,7 @@ class Scheduler:
             self.state.expire_jobs()
             launches = self._schedule()
         for node in start_tasks:
-            self.agent.run_start_task(node)
+            self.agent.prepare_node(node)
         for task, nodes in launches:
             self.agent.run_task(task, nodes, task.attempt)
 
@@ -198,9 +198,11 @@ class Scheduler:
         self.agent.forget_node(node)
 
     def _boot_nodes(self, pool: Pool) -> list[Node]:
-        """creating -> starting -> (start task) -> idle, each phase lasting the configured boot time."""
+        """creating -> starting -> (container images, start task) -> idle, each boot phase lasting the
+        configured boot time. Returns the booted nodes the agent prepares next: a container pool's
+        nodes pull its images first (still 'starting'); the others are ready for their start task."""
         now = time.monotonic()
-        start_tasks = []
+        booted = []
         for node in pool.nodes.values():
             if node.ready_at > now or node.removing:
                 continue
@@ -211,19 +213,16 @@ class Scheduler:
                 NodeLayout(node.layout.root).create()
                 self.agent.register_node(node)
                 node.rest["lastBootTime"] = iso_now()
-                start = pool.rest.get("startTask")
-                if start:
-                    wait = start.get("waitForSuccess", True)
-                    _set_state(node.rest, "waitingforstarttask" if wait else "idle", model="BatchNode")
-                    node.rest["startTaskInfo"] = {"state": "running", "startTime": iso_now(), "retryCount": 0}
-                    start_tasks.append(node)
-                else:
-                    _set_state(node.rest, "idle", model="BatchNode")
                 node.ready_at = float("inf")
+                if (pool.rest.get("virtualMachineConfiguration") or {}).get("containerConfiguration"):
+                    _set_state(node.rest, "starting", model="BatchNode")
+                    booted.append(node)
+                elif self.state.node_booted(node, pool):
+                    booted.append(node)
             else:
                 continue
             self.state.save_node(node)
-        return start_tasks
+        return booted
 
     # ----------------------------------------------------------------- tasks
     def _purge_deleted_jobs(self) -> None:

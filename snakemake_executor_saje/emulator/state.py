@@ -268,6 +268,25 @@ class BatchState:
             self.notify()
             return pool
 
+    def node_booted(self, node: Node, pool: Pool) -> bool:
+        """A booted node (its container images, if any, in place) goes to waitingforstarttask, or to
+        idle when its pool has no start task or does not wait for it. True: run the start task."""
+        start = pool.rest.get("startTask")
+        if start:
+            _set_state(node.rest, "waitingforstarttask" if start.get("waitForSuccess", True) else "idle", model="BatchNode")
+            node.rest["startTaskInfo"] = {"state": "running", "startTime": iso_now(), "retryCount": 0}
+        else:
+            _set_state(node.rest, "idle", model="BatchNode")
+        return bool(start)
+
+    def node_unusable(self, node: Node, errors: list[dict[str, Any]]) -> None:
+        """A node that cannot take tasks (its container images could not be pulled): 'unusable', with
+        its BatchNodeError records."""
+        _set_state(node.rest, "unusable", model="BatchNode")
+        node.rest["errors"] = errors
+        self.save_node(node)
+        self.notify()
+
     def check_application_packages(self, references: list[dict[str, Any]]) -> None:
         """A pool's packages must exist and be active, named by the application's full ARM id:
         "When creating a pool, the package's application ID must be fully qualified"; an unmet
@@ -1020,7 +1039,7 @@ class BatchState:
             job.pending.appendleft(task.id)
         self.save_task(task)
 
-    def complete_task(self, task: Task, *, exit_code: int | None, failure: tuple[str, str, str] | None = None,
+    def complete_task(self, task: Task, *, exit_code: int | None, failure: tuple | None = None,
                       attempt: int | None = None, subtask_results: list[dict] | None = None, save: bool = True) -> bool:
         """The task's process ended (or never started): retry it, or mark it completed."""
         if attempt is not None and attempt != task.attempt:
@@ -1048,8 +1067,10 @@ class BatchState:
         if exit_code is not None:
             info["exitCode"] = exit_code
         info["result"] = "failure" if failed else "success"
-        if failure is not None:
+        if failure is not None:  # (category, code, message[, details])
             info["failureInfo"] = {"category": failure[0], "code": failure[1], "message": failure[2]}
+            if len(failure) > 3 and failure[3]:
+                info["failureInfo"]["details"] = list(failure[3])
         elif failed:
             info["failureInfo"] = {"category": "usererror", "code": "FailureExitCode",
                                    "message": "The task exited with an exit code representing a failure",

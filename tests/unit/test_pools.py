@@ -211,16 +211,41 @@ def test_autoscale_interval_minimum_is_azures_unless_relaxed():
 
 
 def test_container_pool_and_install_modes():
-    s = ExecutorSettings(container_image="ghcr.io/x/sm:9", snakemake_install="container",
+    s = ExecutorSettings(image="microsoft-dsvm:ubuntu-hpc:2404", container_type="criCompatible",
                          container_registry="ghcr.io", container_registry_username="u",
                          container_registry_password="pw-secret")
-    d = spec_dict(pool_class_for(job(), s), s)
+    d = spec_dict(pool_class_for(job(), s, "ghcr.io/x/sm:9"), s)
     cc = d["virtualMachineConfiguration"]["containerConfiguration"]
-    assert cc["type"] == "dockerCompatible" and cc["containerImageNames"] == ["ghcr.io/x/sm:9"]
+    assert cc["type"] == "criCompatible" and cc["containerImageNames"] == ["ghcr.io/x/sm:9"]
     assert cc["containerRegistries"][0]["registryServer"] == "ghcr.io"
-    assert "startTask" not in d
+    assert "startTask" not in d  # --saje-snakemake-install pip, yet the image holds Snakemake: nothing to install
     s = ExecutorSettings(snakemake_install="none")
     assert "startTask" not in spec_dict(pool_class_for(job(), s), s)
+
+
+def test_a_container_pool_needs_a_node_image_with_a_container_runtime():
+    s = ExecutorSettings()  # canonical Ubuntu: not DockerCompatible in the supported images
+    with pytest.raises(PoolSpecError, match="DockerCompatible.*--saje-image"):
+        spec_dict(pool_class_for(job(), s, "img:1"), s)
+    gallery = ExecutorSettings(image="/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/galleries/x/images/y",
+                               node_agent_sku="batch.node.ubuntu 24.04")
+    assert spec_dict(pool_class_for(job(), gallery, "img:1"), gallery)["virtualMachineConfiguration"]["containerConfiguration"]
+
+
+def test_the_job_image_comes_from_the_rule_then_its_container_directive_then_the_run():
+    s = ExecutorSettings()
+    assert pool_class_for(job(), s, "run:1").container_image == "run:1"
+    assert pool_class_for(job({"saje_container": "rule:1"}), s, "run:1").container_image == "rule:1"
+    directive = JobSpec(rule="r", jobid=1, command="x", containers=("docker://quay.io/x/y:2",))
+    assert pool_class_for(directive, s, "run:1").container_image == "quay.io/x/y:2"
+    assert pool_class_for(job(), s).container_image is None
+
+
+def test_mpi_jobs_run_on_the_node_image_never_in_a_container():
+    s = ExecutorSettings()
+    assert pool_class_for(job({"mpi": "mpirun", "nodes": 2}), s, "run:1").container_image is None
+    with pytest.raises(PoolSpecError, match="MPI job with container image 'x:1'.*--saje-mpi-image"):
+        pool_class_for(job({"mpi": "mpirun", "nodes": 2, "saje_container": "x:1"}), s)
 
 
 def test_pip_install_needs_a_version():

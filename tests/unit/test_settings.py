@@ -150,7 +150,7 @@ def test_secrets_never_in_repr():
         ({"mpi_max_nodes": 0}, "mpi-max-nodes"),
         ({"autoscale_interval": 0}, "autoscale-interval"),
         ({"snakemake_install": "conda"}, "snakemake-install"),
-        ({"snakemake_install": "container"}, "container-image"),
+        ({"container_type": "podman"}, "container-type"),
         ({"mpi_flavor": "lam"}, "mpi-flavor"),
         ({"task_slots_per_node": 0}, "task-slots"),
         ({"max_wall_clock": 0}, "wall-clock"),
