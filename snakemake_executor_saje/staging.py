@@ -75,6 +75,7 @@ class Staging:
     _uploaded: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _sas: dict[str, tuple[dt.datetime, str]] = field(default_factory=dict, repr=False)
+    _moved: list[int] = field(default_factory=lambda: [0, 0], repr=False)  # bytes up, bytes down
 
     @classmethod
     def connect(cls, run_id: str, *, account_url: str | None, credential: Any = None,
@@ -167,6 +168,18 @@ class Staging:
 
     def upload_data(self, blob: str, data) -> None:
         self.service.get_blob_client(self.container, blob).upload_blob(data, overwrite=True)
+        size = len(data) if isinstance(data, (bytes, bytearray, str)) else os.fstat(data.fileno()).st_size
+        self._count(size, 0)
+
+    def traffic(self) -> tuple[int, int]:
+        """Bytes this run's SAJE moved (up to blob storage, down from it), for the run summary."""
+        with self._lock:
+            return self._moved[0], self._moved[1]
+
+    def _count(self, up: int, down: int) -> None:
+        with self._lock:
+            self._moved[0] += up
+            self._moved[1] += down
 
     def upload_sources(self, archive: Path) -> models.ResourceFile:
         self.upload_file(archive, SOURCES_BLOB)
@@ -263,8 +276,7 @@ class Staging:
                 missing.append(path)
         return missing
 
-    @staticmethod
-    def _download(container, name: str, target: Path) -> bool:
+    def _download(self, container, name: str, target: Path) -> bool:
         """One blob to `target` (through a temporary name); False if there is no such blob."""
         from azure.core.exceptions import ResourceNotFoundError
 
@@ -275,8 +287,9 @@ class Staging:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.saje-partial")
         with open(partial, "wb") as out:
-            stream.readinto(out)
+            size = stream.readinto(out)
         os.replace(partial, target)
+        self._count(0, size)
         return True
 
     def delete(self) -> None:

@@ -5,10 +5,13 @@ for what a cloud test would do out of band (preempting a Spot node, turning faul
 """
 from __future__ import annotations
 
+import http.server
 import itertools
 import tempfile
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -45,6 +48,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
             pytest.fail(f"timed out after {timeout}s waiting for {what or getattr(predicate, '__name__', 'condition')}"
                         f" (last value {last!r})")
         time.sleep(interval)
+
+
+@contextmanager
+def http_server(handler: Callable[..., Any]) -> Iterator[str]:
+    """A plain HTTP server on a free loopback port, answering with `handler`; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 
 # Order is the order of `saje --help`.
-GROUPS = ("deploy", "image", "app", "pool", "job", "status", "emulator")
+GROUPS = ("deploy", "image", "app", "pool", "job", "status", "report", "emulator")
 
 
 def register_all(commands, parents) -> None:

@@ -192,7 +192,8 @@ class Scheduler:
         return node
 
     def _remove_node(self, pool: Pool, node: Node) -> None:
-        pool.nodes.pop(node.id, None)
+        if pool.nodes.pop(node.id, None) is not None:
+            self.state.node_departed(node)
         self.state.store.delete("node", f"{pool.id}/{node.id}")
         self._used_addresses.discard(node.address)
         self.agent.forget_node(node)

@@ -120,6 +120,9 @@ class BatchState:
         # (application id or name, version or None) -> arm.applications.Package; raises
         # arm.applications.PackageError. None: no ARM side, so no application packages.
         self.application_package: Callable[[str, str | None], Any] | None = None
+        # Nodes that have left their pool, with when they were allocated and removed: the
+        # lifetimes Azure bills (kept in memory; tests check a run's node-hours against them).
+        self.departed_nodes: list[dict[str, Any]] = []
         self._load()
 
     # ----------------------------------------------------------------- persistence
@@ -161,6 +164,16 @@ class BatchState:
 
     def save_pool(self, pool: Pool) -> None:
         self.store.put("pool", pool.id, pool.to_row())
+
+    def node_lifetimes(self) -> list[dict[str, Any]]:
+        """Every node's allocationTime and removalTime (None while it is in its pool)."""
+        with self.lock:
+            live = [_lifetime(node, None) for pool in self.pools.values() for node in pool.nodes.values()]
+            return [*self.departed_nodes, *live]
+
+    def node_departed(self, node: Node) -> None:
+        """Note that `node` has left its pool (the scheduler calls this as it removes it)."""
+        self.departed_nodes.append(_lifetime(node, iso_now()))
 
     def save_node(self, node: Node) -> None:
         self.store.put("node", f"{node.pool_id}/{node.id}", node.to_row())
@@ -1151,3 +1164,8 @@ class BatchState:
                     counts[dedicated]["total"] = sum(counts[dedicated].values())
                 out.append({"poolId": pool.id, "dedicated": counts[True], "lowPriority": counts[False]})
         return out
+
+
+def _lifetime(node: Node, removed: str | None) -> dict[str, Any]:
+    return {"poolId": node.pool_id, "nodeId": node.id, "vmSize": node.rest.get("vmSize"), "isDedicated": node.dedicated,
+            "allocationTime": node.rest.get("allocationTime"), "removalTime": removed}

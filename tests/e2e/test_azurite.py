@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +28,7 @@ from snakemake_executor_saje.emulator.blobio import (
     download_resource_files,
     upload_output_files,
 )
+from tests.conftest import http_server
 
 pytestmark = pytest.mark.e2e
 
@@ -203,16 +203,15 @@ def web(tmp_path: Path) -> Iterator[str]:
     root = tmp_path / "site"
     root.mkdir()
     (root / "tool.sh").write_bytes(b"#!/bin/sh\necho hi\n")
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.RequestHandlerClass.log_message = lambda *a: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    with http_server(Quiet) as url:
+        yield url
 
 
 def test_http_url_to_a_plain_web_server(web: str, task) -> None:
