@@ -1,8 +1,9 @@
 """The `saje` command: argument parsing and dispatch only; each group lives in commands/.
 
     saje pool create|list|resize|delete     Batch pools (commands/pool.py)
-    saje job list|status|logs|delete        Batch jobs, failed tasks, logs (commands/job.py)
-    saje status                             pools, nodes, jobs, hourly cost (commands/status.py)
+    saje job list|status|tasks|logs|delete  Batch jobs, their tasks, failed tasks, logs (commands/job.py)
+    saje status [--watch]                   pools, nodes, jobs, hourly cost (commands/status.py)
+    saje report [RUN]                       HTML report of a run: timeline, nodes, cost (commands/report.py)
     saje emulator start|run|status|stop     the local Batch emulator (commands/emulator.py)
     saje deploy|teardown                    the Azure resources SAJE needs (commands/deploy.py)
     saje image create|test                  RDMA/MPI node images (commands/image.py)
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 failed at Azure Batch, 2 usage error, 3 not found,"
                " 4 credentials or configuration problem.")
     common.global_options(parser)
+    parser.add_argument("--version", action="version", version=common.version_text())
     sub_globals = argparse.ArgumentParser(add_help=False)
     common.global_options(sub_globals, suppress=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -70,6 +70,20 @@ def global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -
                        help="print one JSON document on stdout instead of tables")
 
 
+def version_text() -> str:
+    """`saje --version`: SAJE's version and those of the pieces it talks through."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"saje {of('snakemake-executor-plugin-saje')} (snakemake {of('snakemake')},"
+            f" azure-batch {of('azure-batch')})")
+
+
 @dataclass
 class BatchSettings:
     """The settings-like object credentials.resolve_batch_* read (no repr of the key)."""
@@ -126,6 +140,10 @@ class Context:
             except CredentialsError as exc:
                 # The shared resolution names the executor's flag; here the option is --account-url.
                 message = str(exc).replace("--saje-account-url", "--account-url")
+                if not (settings.account_url or settings.credential_profile):
+                    from .emulator import no_endpoint_hint
+
+                    message += " " + no_endpoint_hint()
                 raise CliError(message, EXIT_CONFIG, "CredentialsError") from None
             self._client = BatchClient(self.endpoint, credential)
         return self._client

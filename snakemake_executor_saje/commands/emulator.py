@@ -151,6 +151,18 @@ def running_emulator(data_dir: Path | None) -> dict | None:
     return state
 
 
+def no_endpoint_hint(data_dir: Path | None = None) -> str:
+    """What a `saje` command with no Batch endpoint tells emulator users to do."""
+    state = running_emulator(data_dir)
+    if state is not None:
+        return (f"An emulator is running here (pid {state['pid']}, started with saje emulator start) at"
+                f" {state['endpoint']}: point saje at it with the export lines it printed"
+                f" (SNAKEMAKE_SAJE_ACCOUNT_URL={state['endpoint']}, SNAKEMAKE_SAJE_ACCOUNT_NAME={state['accountName']}"
+                " and SNAKEMAKE_SAJE_ACCOUNT_KEY).")
+    return ("For the local emulator: start it in another terminal with `saje emulator start` and paste the"
+            " export lines it prints here, or run a command inside a fresh one: `saje emulator run -- saje status`.")
+
+
 def emulator_status(ctx: Context) -> int:
     state = running_emulator(ctx.args.data_dir)
     if state is None:

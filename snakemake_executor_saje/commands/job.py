@@ -7,7 +7,7 @@ from typing import Any
 
 from .common import (EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CliError, Context, batch_settings, confirm,
                      deletion_options, wait_gone)
-from .output import state_name
+from .output import fmt_counts, state_name
 
 DEFAULT_LOG_FILES = ("stdout.txt", "stderr.txt")
 TASK_COUNT_KEYS = ("active", "running", "completed", "succeeded", "failed")
@@ -57,6 +57,42 @@ def failed_task(task: Any) -> dict[str, Any] | None:
         "node": outcome.node_id,
         "pool": outcome.pool_id,
     }
+
+
+TASK_STATES = ("active", "preparing", "running", "completed", "succeeded", "failed")
+TASK_FIELDS = ["id", "state", "nodeInfo", "executionInfo"]
+
+
+def task_view(task: Any, now: "dt.datetime") -> dict[str, Any]:
+    """One task as `job tasks` shows it: a completed task's state is succeeded or failed; the
+    duration runs from its start to its end (to `now` while it runs)."""
+    from ..batch import outcome_of
+
+    state = state_name(task.state)
+    info = task.execution_info
+    outcome = outcome_of(task)
+    if state == "completed":
+        state = "succeeded" if outcome.succeeded else "failed"
+    start, end = (info.start_time, info.end_time) if info else (None, None)
+    return {
+        "id": task.id, "state": state, "node": outcome.node_id, "pool": outcome.pool_id,
+        "exitCode": outcome.exit_code, "failureCode": outcome.failure_code,
+        "startTime": start, "endTime": end,
+        "durationSeconds": round(((end or now) - start).total_seconds(), 3) if start else None,
+        "retries": int(info.retry_count or 0) if info else 0, "requeues": int(info.requeue_count or 0) if info else 0,
+    }
+
+
+def fmt_duration(value: float | None) -> str:
+    """'42 s', '3 min 05 s', '2 h 01 min'; '-' for none."""
+    if value is None:
+        return "-"
+    s = int(round(value))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def log_dir(base: Path, job_id: str, task_id: str) -> Path:
@@ -128,6 +164,32 @@ class _LogCopies:
             return resolve_storage_credential(batch_settings(self.ctx.args))
         except CredentialsError as exc:
             raise CliError(str(exc), EXIT_CONFIG, "CredentialsError") from None
+
+
+def tasks(ctx: Context) -> int:
+    """Every task of a job (or those in one --state) with its node, exit code and duration: one
+    paged list call, filtered by Batch where the state is Batch's own."""
+    import datetime as dt
+
+    job_id, wanted = ctx.args.job_id, ctx.args.state
+    ctx.client.get_job(job_id, select=["id"])  # a missing job is exit 3, not an empty list
+    server_state = "completed" if wanted in ("succeeded", "failed") else wanted
+    found = ctx.client.list_tasks(job_id, select=TASK_FIELDS,
+                                  filter=f"state eq '{server_state}'" if server_state else None)
+    now = dt.datetime.now(dt.timezone.utc)
+    views = [v for v in (task_view(t, now) for t in found) if wanted in (None, "completed") or v["state"] == wanted]
+    ctx.out.emit({"job": job_id, "state": wanted, "tasks": views})
+    ctx.out.table(f"Tasks of job {job_id}" + (f" ({wanted})" if wanted else ""),
+                  ("task", "state", "node", "exit code", "duration", "retries", "failure code"),
+                  [(v["id"], v["state"], v["node"], v["exitCode"], fmt_duration(v["durationSeconds"]),
+                    v["retries"] or None, v["failureCode"]) for v in views])
+    by_state: dict[str, int] = {}
+    for v in views:
+        by_state[v["state"]] = by_state.get(v["state"], 0) + 1
+    ctx.out.print(f"{len(views)} task(s)" + (f": {fmt_counts(by_state)}" if by_state else ""))
+    if by_state.get("failed"):
+        ctx.out.print(f"Logs of the failed tasks: saje job logs {job_id}")
+    return EXIT_OK
 
 
 def logs(ctx: Context) -> int:
@@ -212,6 +274,13 @@ def register(commands: argparse._SubParsersAction, parents: list[argparse.Argume
     p.add_argument("job_id", metavar="JOB")
     p.set_defaults(func=status)
 
+    p = actions.add_parser("tasks", parents=parents,
+                           help="a job's tasks: state, node, exit code, duration (like squeue/sacct for a job)")
+    p.add_argument("job_id", metavar="JOB")
+    p.add_argument("--state", choices=TASK_STATES, default=None,
+                   help="only tasks in this state (succeeded and failed are completed tasks by outcome)")
+    p.set_defaults(func=tasks)
+
     p = actions.add_parser("logs", parents=parents,
                            help="download stdout.txt/stderr.txt of the failed (or named) tasks, from their"
                                 " node or, once the node is gone, from the run's staging container")
@@ -230,4 +299,4 @@ def register(commands: argparse._SubParsersAction, parents: list[argparse.Argume
     p.set_defaults(func=delete)
 
 
-__all__ = ["register", "task_counts", "job_summary", "job_row", "failed_task", "log_dir"]
+__all__ = ["register", "task_counts", "job_summary", "job_row", "failed_task", "log_dir", "task_view", "fmt_duration"]

@@ -82,6 +82,21 @@ def fmt_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{v} {k}" for k, v in items) or "-"
 
 
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str = "none") -> Any:
+    """A rich table (or, without rows, one line saying so), to print or to put in a live view."""
+    from rich.text import Text
+
+    rows = list(rows)
+    if not rows:
+        return Text(f"{title}: {empty}" if title else empty)
+    made = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for column in columns:
+        made.add_column(column, overflow="fold")
+    for row in rows:
+        made.add_row(*(fmt_value(v) for v in row))
+    return made
+
+
 class Output:
     def __init__(self, json_mode: bool = False, *, stdout: Any = None, stderr: Any = None):
         self.json_mode = json_mode
@@ -104,18 +119,8 @@ class Output:
     # ----------------------------------------------------------------- for people
     def table(self, title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]],
               *, empty: str = "none") -> None:
-        if self.json_mode:
-            return
-        rows = list(rows)
-        if not rows:
-            self.out.print(f"{title}: {empty}" if title else empty)
-            return
-        table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(*(fmt_value(v) for v in row))
-        self.out.print(table)
+        if not self.json_mode:
+            self.out.print(table(title, columns, rows, empty=empty))
 
     def print(self, text: str = "", **kwargs: Any) -> None:
         """Human output on stdout (silent in --json mode)."""

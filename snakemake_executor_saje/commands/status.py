@@ -1,21 +1,23 @@
 """`saje status`: pools, nodes by state, jobs with task counts, and what the nodes cost per hour.
 
-The cost is an estimate from the bundled price table (catalogue.yaml: pay-as-you-go Linux list
-prices of one region, with their date): every allocated node counts except preempted and
-deallocated ones, which Azure does not bill. Spot prices move hourly and are not tabulated, so
-spot nodes (and sizes the table lacks) are shown as unknown, never as free.
+The cost is an estimate from list prices (prices.py): on Azure the Retail Prices API for the
+account's region (cached a day), else the bundled table (catalogue.yaml: pay-as-you-go Linux
+prices of one region, with their date). Every allocated node counts except preempted and
+deallocated ones, which Azure does not bill; nodes without a known price (Spot in the bundled
+table, sizes it lacks) are shown as unknown, never as free. `--watch` redraws the view every few
+seconds until Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any, Iterable
 
-from .common import EXIT_OK, Context
+from .common import EXIT_OK, EXIT_USAGE, CliError, Context
 from .job import job_summary, task_counts
-from .output import fmt_counts, fmt_money
+from .output import fmt_counts, fmt_money, table
 from .pool import pool_summary
-
-UNBILLED_STATES = frozenset({"preempted", "deallocated"})
+from ..runrecord import UNBILLED_STATES
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -31,12 +33,14 @@ def billed(states: dict[str, int]) -> int:
     return sum(n for state, n in states.items() if state not in UNBILLED_STATES)
 
 
-def pool_cost(vm_size: str, dedicated: int, spot: int) -> dict[str, Any]:
-    """Hourly cost of one pool's billed nodes: known parts as numbers, unknown parts as None."""
-    from .. import catalogue
+def pool_cost(vm_size: str, dedicated: int, spot: int, prices: Any = None) -> dict[str, Any]:
+    """Hourly cost of one pool's billed nodes: known parts as numbers, unknown parts as None.
+    `prices` is a prices.PriceTable (default: the bundled one)."""
+    from .. import prices as price_tables
 
-    price = catalogue.hourly_price(vm_size) if vm_size else None
-    spot_price = catalogue.hourly_price(vm_size, spot=True) if vm_size else None
+    prices = prices or price_tables.bundled()
+    price = prices.hourly(vm_size) if vm_size else None
+    spot_price = prices.hourly(vm_size, spot=True) if vm_size else None
     return {
         "vmSize": vm_size,
         "dedicatedNodes": dedicated,
@@ -72,24 +76,34 @@ def cost_total(costs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def price_table() -> dict[str, str]:
-    from .. import catalogue
+def price_table(prices: Any = None) -> dict[str, str]:
+    """Where the prices come from: kind, region, currency, date, source (and why, for a fallback)."""
+    from .. import prices as price_tables
 
-    info = dict(catalogue.price_info())
-    return info
+    table_ = prices or price_tables.bundled()
+    return {"kind": table_.kind, "region": table_.region, "currency": table_.currency, "date": table_.date,
+            "source": table_.source, "note": table_.note}
 
 
 # ----------------------------------------------------------------------------- command
-def status(ctx: Context) -> int:
+def gather(ctx: Context, price_cache: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """The JSON document and the rich renderables of one look at the account. `price_cache`
+    keeps the price table between the refreshes of --watch (read again only for new sizes)."""
+    from .. import prices as price_tables
+
     client = ctx.client
     pools = [pool_summary(p) for p in client.list_pools()]
     counts = {c.pool_id: c for c in client.list_pool_node_counts()}
+    sizes = sorted({p["vmSize"] for p in pools if p["vmSize"]})
+    if price_cache.get("sizes") is None or not set(sizes) <= price_cache["sizes"]:
+        price_cache.update(table=price_tables.load(ctx.endpoint, sizes), sizes=set(sizes) | (price_cache.get("sizes") or set()))
+    prices = price_cache["table"]
     rows, costs = [], []
     for pool in pools:
         c = counts.get(pool["id"])
         dedicated = states_of(c.dedicated if c else None)
         spot = states_of(c.low_priority if c else None)
-        cost = pool_cost(pool["vmSize"], billed(dedicated), billed(spot))
+        cost = pool_cost(pool["vmSize"], billed(dedicated), billed(spot), prices)
         costs.append(cost)
         pool["nodes"] = {"dedicated": dedicated, "spot": spot}
         pool["cost"] = cost
@@ -97,27 +111,64 @@ def status(ctx: Context) -> int:
                      fmt_counts(spot), _cost_cell(cost)))
     jobs = [job_summary(j, task_counts(client.get_job_task_counts(j.id))) for j in client.list_jobs()]
     total = cost_total(costs)
-    prices = price_table()
-    currency = prices.get("currency", "USD")
-    ctx.out.emit({"account": ctx.endpoint, "pools": pools, "jobs": jobs,
-                  "cost": {**total, "currency": currency, "priceTable": prices}})
-
-    ctx.out.print(f"Batch account {ctx.endpoint}")
-    ctx.out.table("Pools and nodes", ("pool", "vm size", "allocation", "dedicated nodes", "spot nodes",
-                                      f"{currency}/hour"), rows)
-    ctx.out.table("Jobs", ("job", "pool", "state", "active", "running", "succeeded", "failed"),
-                  [(j["id"], j["pool"], j["state"], *(j["taskCounts"][k] for k in
-                                                       ("active", "running", "succeeded", "failed")))
-                   for j in jobs])
-    ctx.out.print(
+    currency = prices.currency
+    document = {"account": ctx.endpoint, "pools": pools, "jobs": jobs,
+                "cost": {**total, "currency": currency, "priceTable": price_table(prices)}}
+    views = [
+        table("Pools and nodes", ("pool", "vm size", "allocation", "dedicated nodes", "spot nodes", f"{currency}/hour"), rows),
+        table("Jobs", ("job", "pool", "state", "active", "running", "succeeded", "failed"),
+              [(j["id"], j["pool"], j["state"], *(j["taskCounts"][k] for k in ("active", "running", "succeeded", "failed")))
+               for j in jobs]),
         f"Hourly cost of the running nodes: dedicated {fmt_money(total['dedicatedPerHour'], currency)},"
         f" spot {fmt_money(total['spotPerHour'], currency)}; total "
         + (fmt_money(total["totalPerHour"], currency) if total["totalPerHour"] is not None else
            f"at least {fmt_money(total['knownPerHour'], currency)}"
-           f" ({total['nodesWithUnknownPrice']} node(s) at an unknown price)"))
-    ctx.out.print(f"Prices: {prices.get('source')}, region {prices.get('region')}, as of {prices.get('date')};"
-                  " indicative only.", style="dim")
+           f" ({total['nodesWithUnknownPrice']} node(s) at an unknown price)"),
+    ]
+    return document, views
+
+
+def status(ctx: Context) -> int:
+    if ctx.args.watch:
+        return watch(ctx)
+    document, views = gather(ctx, cache := {})
+    ctx.out.emit(document)
+    ctx.out.print(f"Batch account {ctx.endpoint}")
+    for view in views:
+        ctx.out.print(view)
+    ctx.out.print(f"Prices: {cache['table'].describe()}; indicative only.", style="dim")
     return EXIT_OK
+
+
+def watch(ctx: Context) -> int:
+    """Redraw the view every --interval seconds until Ctrl-C; the prices' source is said once."""
+    from rich.console import Group
+    from rich.live import Live
+    from azure.core.exceptions import ServiceRequestError
+
+    console = ctx.out.out
+    if ctx.out.json_mode or not console.is_terminal:
+        raise CliError("--watch redraws the view on a terminal; scripts can run `saje --json status` in a loop.",
+                       EXIT_USAGE, "NotATerminal")
+    cache: dict[str, Any] = {}
+    said_prices = False
+    try:
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while True:
+                stamp = time.strftime("%H:%M:%S")
+                try:
+                    _, views = gather(ctx, cache)
+                    head = (f"Batch account {ctx.endpoint}, at {stamp} (every {ctx.args.interval:g} s;"
+                            " Ctrl-C to leave)")
+                except ServiceRequestError as exc:  # the endpoint went away (an emulator stopped): keep trying
+                    views, head = [f"Cannot reach {ctx.endpoint} at {stamp}: {str(exc).splitlines()[0]}"], ""
+                if not said_prices and cache.get("table") is not None:
+                    console.print(f"Prices: {cache['table'].describe()}; indicative only.", style="dim")
+                    said_prices = True
+                live.update(Group(*(v for v in [head, *views] if v)), refresh=True)
+                time.sleep(ctx.args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _cost_cell(cost: dict[str, Any]) -> str:
@@ -132,4 +183,7 @@ def _cost_cell(cost: dict[str, Any]) -> str:
 def register(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("status", parents=parents,
                             help="pools, nodes by state, jobs and the hourly cost of the running nodes")
+    p.add_argument("--watch", "-w", action="store_true", help="redraw the view every --interval seconds until Ctrl-C")
+    p.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds between redraws with --watch (default 5)")
     p.set_defaults(func=status)

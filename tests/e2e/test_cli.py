@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -408,3 +409,134 @@ def test_emulator_start_status_stop(tmp_path):
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+# ----------------------------------------------------------------------------- views (issue 12)
+def test_job_tasks_state_node_exit_code_duration(saje, client, capsys):
+    pool_id = unique_id("cli-tasks")
+    assert saje("pool", "create", pool_id, "--vm-size", SIZE, "--nodes", "1", "--slots", "2", "--wait", *FASTPOLL)[0] == 0
+    job_id = unique_id("cli-tasks-job")
+    try:
+        client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id)))
+        client.create_tasks(job_id, [
+            models.BatchTaskCreateOptions(id="ok", command_line="/bin/sh -c 'sleep 0.3'"),
+            models.BatchTaskCreateOptions(id="bad", command_line="/bin/sh -c 'exit 3'"),
+            models.BatchTaskCreateOptions(id="slow", command_line="/bin/sh -c 'sleep 120'"),
+        ])
+        wait_for(lambda: {t.id: t.state for t in client.list_tasks(job_id)} == {
+            "ok": "completed", "bad": "completed", "slow": "running"}, 60, what="two tasks done, one running")
+
+        rc, doc = saje("job", "tasks", job_id)
+        assert rc == 0
+        tasks = {t["id"]: t for t in doc["tasks"]}
+        assert [tasks[t]["state"] for t in ("ok", "bad", "slow")] == ["succeeded", "failed", "running"]
+        assert (tasks["ok"]["exitCode"], tasks["bad"]["exitCode"], tasks["slow"]["exitCode"]) == (0, 3, None)
+        assert tasks["bad"]["failureCode"] == "FailureExitCode" and tasks["ok"]["failureCode"] is None
+        assert all(t["node"] and t["pool"] == pool_id for t in tasks.values())
+        assert tasks["ok"]["durationSeconds"] >= 0.3 and tasks["slow"]["durationSeconds"] > 0
+        assert tasks["slow"]["endTime"] is None and tasks["ok"]["endTime"] is not None
+
+        rc, doc = saje("job", "tasks", job_id, "--state", "failed")
+        assert rc == 0 and [t["id"] for t in doc["tasks"]] == ["bad"]
+        rc, doc = saje("job", "tasks", job_id, "--state", "running")
+        assert rc == 0 and [t["id"] for t in doc["tasks"]] == ["slow"]
+        rc, doc = saje("job", "tasks", job_id, "--state", "completed")
+        assert rc == 0 and sorted(t["id"] for t in doc["tasks"]) == ["bad", "ok"]
+
+        capsys.readouterr()
+        assert main(["job", "tasks", job_id]) == 0
+        out = capsys.readouterr().out
+        assert "Tasks of job" in out and "3 task(s): 1 failed, 1 running, 1 succeeded" in out
+        assert f"saje job logs {job_id}" in out
+        assert saje("job", "tasks", "no-such-job")[0] == 3
+    finally:
+        client.begin_delete_job(job_id)
+        delete_pool(saje, pool_id)
+
+
+def _read_until(fd: int, text: str, seen: bytearray, timeout: float = 60.0) -> None:
+    """Read a pty's output into `seen` until `text` is in it (fail the test at `timeout`)."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"{text!r} never appeared; the terminal showed:\n{seen.decode(errors='replace')[-3000:]}")
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            try:
+                seen.extend(os.read(fd, 65536))
+            except OSError:  # the child closed the terminal
+                pytest.fail(f"the terminal closed before {text!r} appeared:\n{seen.decode(errors='replace')[-3000:]}")
+
+
+def test_status_watch_redraws_in_a_terminal_until_ctrl_c(env, client):
+    """In a real pseudo-terminal, as a user would run it: the view is redrawn (a pool created
+    meanwhile appears), the prices' source is said once, and Ctrl-C leaves with exit 0."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    first, second = unique_id("watch-a"), unique_id("watch-b")
+    client.create_pool(models.BatchPoolCreateOptions(
+        id=first, vm_size=SIZE, target_dedicated_nodes=0, virtual_machine_configuration=models.VirtualMachineConfiguration(
+            image_reference=models.BatchVmImageReference(publisher="canonical", offer="ubuntu-24_04-lts", sku="server"),
+            node_agent_sku_id="batch.node.ubuntu 24.04")))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 220, 0, 0))
+    saje = str(Path(sys.executable).parent / "saje")
+    proc = subprocess.Popen([saje, "status", "--watch", "--interval", "0.5"], stdin=slave, stdout=slave, stderr=slave,
+                            env={**env, "TERM": "xterm"}, start_new_session=True, close_fds=True,
+                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    seen = bytearray()
+    try:
+        _read_until(master, first, seen)
+        _read_until(master, "Ctrl-C to leave", seen)
+        client.create_pool(models.BatchPoolCreateOptions(
+            id=second, vm_size=SIZE, target_dedicated_nodes=0,
+            virtual_machine_configuration=client.get_pool(first).virtual_machine_configuration))
+        _read_until(master, second, seen)  # redrawn with what changed
+        os.write(master, b"\x03")  # Ctrl-C, through the terminal's line discipline: SIGINT
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        os.close(master)
+        for pool_id in (first, second):
+            client.begin_delete_pool(pool_id)
+    text = seen.decode(errors="replace")
+    assert text.count("Prices: bundled price table") == 1 and "Traceback" not in text
+
+
+def test_status_watch_needs_a_terminal(saje):
+    rc, doc = saje("status", "--watch")
+    assert rc == 2 and doc["error"]["code"] == "NotATerminal"
+
+
+def test_without_an_endpoint_emulator_users_are_told_what_to_do(saje, monkeypatch):
+    for key in ("SNAKEMAKE_SAJE_ACCOUNT_URL", "SNAKEMAKE_SAJE_ACCOUNT_NAME", "SNAKEMAKE_SAJE_ACCOUNT_KEY",
+                "SNAKEMAKE_SAJE_CREDENTIAL_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    rc, doc = saje("status")
+    assert rc == 4 and "saje emulator start" in doc["error"]["message"]
+    assert "saje emulator run -- saje status" in doc["error"]["message"]
+    from snakemake_executor_saje.commands import emulator
+
+    monkeypatch.setattr(emulator, "running_emulator", lambda data_dir: {
+        "pid": 4242, "endpoint": "http://127.0.0.1:40241", "accountName": "sajelocal"})
+    rc, doc = saje("status")
+    assert rc == 4 and "SNAKEMAKE_SAJE_ACCOUNT_URL=http://127.0.0.1:40241" in doc["error"]["message"]
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == (f"saje {version('snakemake-executor-plugin-saje')} (snakemake "
+                                               f"{version('snakemake')}, azure-batch {version('azure-batch')})")
