@@ -15,6 +15,7 @@ meters are the retired low-priority VMs).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -56,9 +57,18 @@ class PriceTable:
         text = f"{self.source}, region {self.region}, as of {self.date}"
         return text + (f" ({self.note})" if self.note else "")
 
-    def to_json(self) -> dict[str, Any]:
+    def about(self) -> dict[str, str]:
+        """Where the prices come from, without the prices."""
         return {"kind": self.kind, "region": self.region, "currency": self.currency, "date": self.date,
-                "source": self.source, "note": self.note,
+                "source": self.source, "note": self.note}
+
+    def only(self, vm_sizes: Iterable[str]) -> "PriceTable":
+        """The same table restricted to `vm_sizes` (what a run's records keep)."""
+        keep = {s.lower() for s in vm_sizes}
+        return dataclasses.replace(self, prices={k: v for k, v in self.prices.items() if k[0] in keep})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.about(),
                 "prices": [{"vmSize": size, "spot": spot, "perHour": price}
                            for (size, spot), price in sorted(self.prices.items())]}
 

@@ -227,7 +227,7 @@ def _rules_table(record: RunRecord) -> str:
 def _slowest(record: RunRecord) -> str:
     tasks = sorted((t for t in record.tasks.values() if t.runtime is not None), key=lambda t: -(t.runtime or 0))[:SLOWEST]
     body = "".join(f"<tr><td>{html.escape(t.task_id)}</td><td>{html.escape(t.rule)}</td><td>{t.runtime:.1f}</td>"
-                   f"<td>{html.escape(t.node_id or '-')}</td><td>{t.outcome}</td></tr>" for t in tasks)
+                   f"<td>{_node_cell(t.node_id)}</td><td>{t.outcome}</td></tr>" for t in tasks)
     return "<table><tr><th>task</th><th>rule</th><th>runtime (s)</th><th>node</th><th>outcome</th></tr>" + body + "</table>"
 
 
@@ -243,9 +243,16 @@ def _failed(record: RunRecord, workdir: Path, directory: Path) -> str:
             links = " ".join(f'<a href="{html.escape(os.path.relpath(logs / name, directory.resolve()))}">{name}</a>'
                              for name in ("stdout.txt", "stderr.txt"))
         rows.append(f"<tr><td>{html.escape(t.task_id)}</td><td>{html.escape(t.rule)}</td><td>{t.exit_code}</td>"
-                    f"<td>{html.escape(t.failure_code or '-')}</td><td>{html.escape(t.node_id or '-')}</td><td>{links}</td></tr>")
+                    f"<td>{html.escape(t.failure_code or '-')}</td><td>{_node_cell(t.node_id)}</td><td>{links}</td></tr>")
     return ("<table><tr><th>task</th><th>rule</th><th>exit code</th><th>Batch failure</th><th>node</th><th>logs</th></tr>"
             + "".join(rows) + "</table>")
+
+
+def _node_cell(node_id: str | None) -> str:
+    """A node's short id, the full one in its tooltip (what `saje` commands and Batch take)."""
+    if not node_id:
+        return "-"
+    return f'<span title="{html.escape(node_id)}">{html.escape(_short_node(node_id))}</span>'
 
 
 def _short_node(node_id: str) -> str:

@@ -186,7 +186,7 @@ class RunRecord:
             "started": iso(self.started), "ended": iso(self.ended), "firstSubmission": iso(self.first_submission),
             "firstRunningSeen": iso(self.first_running_seen),
             "data": {"uploadedBytes": self.uploaded_bytes, "downloadedBytes": self.downloaded_bytes},
-            "prices": self.prices.to_json() if self.prices else None,
+            "prices": self.prices.only(p.vm_size for p in self.pools.values()).to_json() if self.prices else None,
             "pools": [times(p) for p in self.pools.values()],
             "tasks": [times(t) for t in self.tasks.values()],
             "nodes": nodes,
@@ -298,7 +298,7 @@ def summarize(record: RunRecord) -> dict[str, Any]:
                        "pricePerHour": record.prices.hourly(size, spot) if record.prices else None}
                       for (size, spot), h in sorted(hours.items())],
         "cost": {**{k: (round(v, 6) if isinstance(v, float) else v) for k, v in money.items()},
-                 "prices": record.prices.to_json() if record.prices else None},
+                 "prices": record.prices.about() if record.prices else None},
         "tasks": {"total": len(record.tasks), **{k: outcomes.get(k, 0) for k in ("succeeded", "failed", "unfinished")}},
         "retries": {"batch": sum(t.retries for t in record.tasks.values()),
                     "snakemake": sum(1 for t in record.tasks.values() if t.attempt > 1)},

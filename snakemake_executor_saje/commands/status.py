@@ -80,9 +80,7 @@ def price_table(prices: Any = None) -> dict[str, str]:
     """Where the prices come from: kind, region, currency, date, source (and why, for a fallback)."""
     from .. import prices as price_tables
 
-    table_ = prices or price_tables.bundled()
-    return {"kind": table_.kind, "region": table_.region, "currency": table_.currency, "date": table_.date,
-            "source": table_.source, "note": table_.note}
+    return (prices or price_tables.bundled()).about()
 
 
 # ----------------------------------------------------------------------------- command
