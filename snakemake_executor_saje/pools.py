@@ -52,7 +52,7 @@ from typing import Any, Sequence
 from azure.batch import models
 from snakemake_interface_common.exceptions import WorkflowError
 
-from . import catalogue, containers
+from . import catalogue, containers, mounts
 from .mapping import JobSpec, PoolShape, is_mpi
 
 __all__ = [
@@ -547,6 +547,8 @@ def pool_spec(
             else None
         ),
         start_task=start,
+        mount_configuration=mounts.parse_mounts(getattr(settings, "mounts", None),
+                                                node_identity=getattr(settings, "node_identity", None)) or None,
         metadata=[
             models.BatchMetadataItem(name="saje-run", value=run_id),
             models.BatchMetadataItem(name="saje-class", value=pool_class.key),

@@ -284,6 +284,17 @@ class ExecutorSettings(ExecutorSettingsBase):
         repr=False,
         metadata=_help("Password for the container registry.", secret=True),
     )
+    mounts: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "File systems every node of the pools SAJE creates mounts under $AZ_BATCH_NODE_MOUNTS_DIR/PATH:"
+            " 'PATH=URL' entries separated by spaces, URL nfs://HOST/EXPORT, smb://USER@SERVER/SHARE,"
+            " https://ACCOUNT.file.core.windows.net/SHARE (Azure Files) or"
+            " https://ACCOUNT.blob.core.windows.net/CONTAINER (blobfuse); ?options=... are mount options,"
+            " ?secret_env=VAR names the variable holding the key, password or SAS"
+            " (docs/usage.md#file-shares-and-mounts).",
+        ),
+    )
     # --- data ---------------------------------------------------------------------
     storage_account_url: Optional[str] = field(
         default=None,
@@ -423,6 +434,13 @@ class ExecutorSettings(ExecutorSettingsBase):
             try:
                 parse_app_packages(self.app_packages, "--saje-app-packages")
             except JobMappingError as exc:
+                yield str(exc)
+        if self.mounts:
+            from .mounts import MountSettingError, parse_mounts
+
+            try:
+                parse_mounts(self.mounts, node_identity=getattr(self, "node_identity", None))
+            except MountSettingError as exc:
                 yield str(exc)
         if self.job_max_wall_clock < 0:
             yield f"--saje-job-max-wall-clock must be >= 0 minutes (0: no limit), got {self.job_max_wall_clock}"

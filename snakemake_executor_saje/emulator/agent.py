@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import blobio, containers, ssh_shim
+from azure.storage.blob import BlobServiceClient
+
+from . import blobio, containers, mounts, ssh_shim
 from .layout import NodeLayout
 from .model import Job, Node, Task
 from .state import BatchState, _set_state
@@ -105,6 +107,9 @@ class NodeAgent:
         self._containers: dict[str, list[str]] = {}  # process key -> names of its containers
         self.engine = containers.Engine(containers.Engine.instance_for(self.data_dir))
         self.engine.remove_all()  # what an earlier emulator on this data dir left (a crash)
+        storage = self.config.auto_storage_connection_string
+        self.shares = mounts.FileShares(self.data_dir, blob_service=(
+            lambda: BlobServiceClient.from_connection_string(storage)) if storage else None)
         self._install_lock = threading.Lock()
         self._killed: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -320,7 +325,13 @@ class NodeAgent:
         prep = env.get("AZ_BATCH_JOB_PREP_DIR")
         directories = {"Shared": layout.shared, "Startup": layout.startup, "VfsMounts": layout.mounts,
                        "Task": task_dir, "JobPrep": Path(prep) if prep else None, "Applications": layout.applications}
-        mounts = containers.bind_mounts(settings.get("containerHostBatchBindMounts"), directories, layout.root)
+        binds = settings.get("containerHostBatchBindMounts")
+        volumes = containers.bind_mounts(binds, directories, layout.root)
+        if binds is None or any(str(b.get("source")) == "VfsMounts" for b in binds):
+            # The node's mounts are links to the emulator's shares: the shares too, at their own paths.
+            with self.state.lock:
+                entries = mounts.entries_of(getattr(self.state.pools.get(node.pool_id), "rest", None))
+            volumes += [containers.Mount(str(share), str(share)) for share in self.shares.shares_of(entries)]
         declared = [*((job.rest.get("commonEnvironmentSettings") or []) if job is not None else []),
                     *(rest.get("environmentSettings") or [])]
         variables = sorted({k for k in env if k.startswith("AZ_BATCH_")} | {d["name"] for d in declared})
@@ -330,7 +341,7 @@ class NodeAgent:
             name=self.engine.container_name(f"{key}/{time.monotonic_ns()}"),
             image=str(settings["imageName"]),
             command=containers.command_argv(command_line if command_line is not None else rest.get("commandLine") or ""),
-            variables=tuple(variables), mounts=tuple(mounts), workdir=workdir,
+            variables=tuple(variables), mounts=tuple(volumes), workdir=workdir,
             run_options=tuple(shlex.split(settings.get("containerRunOptions") or "")), user="0:0",
         )
 
@@ -377,8 +388,15 @@ class NodeAgent:
             pool = self.state.pools.get(node.pool_id)
             config = dict((pool.rest.get("virtualMachineConfiguration") or {}).get("containerConfiguration") or {}) \
                 if pool else {}
-        if config:
-            errors = self._pull_images(list(config.get("containerImageNames") or []))
+            file_systems = mounts.entries_of(pool.rest if pool else None)
+        if config or file_systems:
+            errors = []
+            try:
+                self.shares.mount_all(node.layout.mounts, file_systems)
+            except mounts.MountError as exc:
+                errors.append(exc.node_error())
+            if config and not errors:
+                errors = self._pull_images(list(config.get("containerImageNames") or []))
             with self.state.lock:
                 if node.state != "starting" or node.removing:
                     return
@@ -607,8 +625,18 @@ class NodeAgent:
             failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
         if self._forget(task.key):
             return  # killed on purpose: whoever killed it already recorded the outcome
+        self._sync_mounts(node)
         failure = self._upload_outputs(rest, wd, task_dir, exit_code, failure)
         self._report(task, attempt, exit_code, failure, node)
+
+    def _sync_mounts(self, node: Node) -> None:
+        """What a task wrote to its node's blob container mounts goes up to the containers."""
+        with self.state.lock:
+            entries = mounts.entries_of(getattr(self.state.pools.get(node.pool_id), "rest", None))
+        try:
+            self.shares.after_task(entries)
+        except Exception as exc:  # noqa: BLE001 - blobfuse's failed uploads are not the task's failure either
+            log.warning("blob mount upload on node %s failed: %s", node.id, exc)
 
     def _upload_outputs(self, rest: dict[str, Any], wd: Path, task_dir: Path, exit_code: int | None,
                         failure: Failure | None) -> Failure | None:
@@ -728,6 +756,8 @@ class NodeAgent:
             leftovers = self._procs.pop(task.key, [])
         _terminate_groups(leftovers)
         task_dir = primary.layout.task_dir(job.id, task.id)
+        for node in nodes:
+            self._sync_mounts(node)
         failure = self._upload_outputs(rest, task_dir / "wd", task_dir, exit_code, failure)
         subtask_results = []
         for index in range(1, len(nodes)):

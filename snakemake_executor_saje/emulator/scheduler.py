@@ -199,9 +199,10 @@ class Scheduler:
         self.agent.forget_node(node)
 
     def _boot_nodes(self, pool: Pool) -> list[Node]:
-        """creating -> starting -> (container images, start task) -> idle, each boot phase lasting the
-        configured boot time. Returns the booted nodes the agent prepares next: a container pool's
-        nodes pull its images first (still 'starting'); the others are ready for their start task."""
+        """creating -> starting -> (file systems, container images, start task) -> idle, each boot phase
+        lasting the configured boot time. Returns the booted nodes the agent prepares next: a node
+        whose pool mounts file systems or pulls container images does that first (still 'starting');
+        the others are ready for their start task."""
         now = time.monotonic()
         booted = []
         for node in pool.nodes.values():
@@ -215,7 +216,8 @@ class Scheduler:
                 self.agent.register_node(node)
                 node.rest["lastBootTime"] = iso_now()
                 node.ready_at = float("inf")
-                if (pool.rest.get("virtualMachineConfiguration") or {}).get("containerConfiguration"):
+                if pool.rest.get("mountConfiguration") or \
+                        (pool.rest.get("virtualMachineConfiguration") or {}).get("containerConfiguration"):
                     _set_state(node.rest, "starting", model="BatchNode")
                     booted.append(node)
                 elif self.state.node_booted(node, pool):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import catalogue
-from . import errors, schema
+from . import errors, mounts, schema
 from .config import EmulatorConfig
 from .errors import BatchError
 from .faults import FaultPlan
@@ -245,6 +245,7 @@ class BatchState:
             )
         if body.get("startTask"):
             _require(body["startTask"], "commandLine")
+        mounts.validate(body.get("mountConfiguration") or [])
         self.check_application_packages(body.get("applicationPackageReferences") or [])
         with self.lock:
             existing = self.pools.get(pool_id)
