@@ -6,6 +6,7 @@ task's process is gone) goes through the emulator object; everything else is the
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -323,6 +324,12 @@ def test_preempted_spot_node_requeues_the_task_and_the_run_succeeds(tmp_path, sa
     assert proc.returncode == 0, out[-3000:]
     assert sorted(p.name for p in workdir.glob("out_*.txt")) == [f"out_{i}.txt" for i in range(4)]
     assert "-a2" not in out  # Batch requeued the task; Snakemake never had to retry it
+    # The run's summary (issue 12) counts the requeue and the Spot node-hours, priced as unknown
+    # (the bundled table has no Spot prices): not free.
+    [summary] = [json.loads(p.read_text()) for p in workdir.glob(".snakemake/saje_logs/*/summary.json")]
+    assert summary["preemptions"]["taskRequeues"] >= 1 and summary["retries"]["snakemake"] == 0
+    assert {row["priority"] for row in summary["nodeHours"]} == {"spot"}
+    assert summary["cost"]["total"] is None and summary["cost"]["unpricedNodeHours"] > 0
 
 
 # ----------------------------------------------------------------------------- throttling
