@@ -99,7 +99,7 @@ def instrument() -> dict[str, int]:
         async for info in check(self, active_jobs):
             yield info
 
-    executor.Executor.format_job_exec = write_outputs
+    executor.Executor._job_command = write_outputs  # Snakemake's command (and the node check) are never built
     executor.Executor.check_active_jobs = counted
     return polls
 
