@@ -22,6 +22,8 @@ REPORT_FILE = "report.html"
 SLOWEST = 10
 COST_POINTS = 400
 # Colours of the node state groups (the timeline's failed tasks use the "unusable" red).
+# Rules' colours on the timeline: a qualitative palette without red, which marks failed tasks.
+RULE_COLOURS = ("#636efa", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52")
 GROUP_COLOURS = {"allocating": "#c7c7c7", "booting": "#9edae5", "idle": "#ffbb78", "running": "#2ca02c",
                  "preempted": "#9467bd", "unusable": "#d62728", "leaving": "#7f7f7f"}
 
@@ -104,26 +106,31 @@ def _timeline(record: RunRecord):
     short = {node_id: _short_node(node_id) for node_id, _ in where.values()}
     label = {task_id: f"{short[node]} · {lane + 1}" for task_id, (node, lane) in where.items()}
     order = sorted(set(label.values()))
-    fig = go.Figure()
-    for node in record.nodes.values():  # the node's life, behind its tasks
-        if node.node_id not in short:
-            continue
-        end = node.preempted_at or node.ended or record.ended or node.last_seen
-        for row in sorted({v for k, v in label.items() if where[k][0] == node.node_id}):
-            fig.add_trace(go.Bar(
-                orientation="h", y=[row], base=[_when(node.allocated)], x=[(end - node.allocated) * 1000],
-                marker={"color": "rgba(200,200,200,0.35)"}, name="node in the pool", legendgroup="node",
-                showlegend=False, hovertemplate=f"node {html.escape(node.node_id)}<br>{node.vm_size}<extra></extra>"))
+    rows_of: dict[str, set[str]] = {}
+    for task_id, (node_id, _) in where.items():
+        rows_of.setdefault(node_id, set()).add(label[task_id])
+    lives = [(node, row) for node in record.nodes.values() for row in sorted(rows_of.get(node.node_id, ()))]
+    ends = [node.preempted_at or node.ended or record.ended or node.last_seen for node, _ in lives]
+    fig = go.Figure(go.Bar(  # each node's life in the pool, behind its tasks: one trace for all nodes
+        orientation="h", y=[row for _, row in lives], base=[_when(node.allocated) for node, _ in lives],
+        x=[(end - node.allocated) * 1000 for (node, _), end in zip(lives, ends)],
+        customdata=[[node.node_id, node.vm_size] for node, _ in lives], marker={"color": "rgba(200,200,200,0.35)"},
+        name="node in the pool", showlegend=False,
+        hovertemplate="node %{customdata[0]}<br>%{customdata[1]}<extra></extra>"))
     by_rule: dict[str, list[TaskRecord]] = {}
     for task in tasks:
         by_rule.setdefault("failed" if task.outcome == "failed" else task.rule, []).append(task)
+    rules = sorted(name for name in by_rule if name != "failed")
+    colours = {rule: RULE_COLOURS[i % len(RULE_COLOURS)] for i, rule in enumerate(rules)}
+    colours["failed"] = GROUP_COLOURS["unusable"]
     for name, group in sorted(by_rule.items()):
         end = [t.ended if t.ended is not None else (record.ended or t.started) for t in group]
         fig.add_trace(go.Bar(
-            orientation="h", name=name, y=[label[t.task_id] for t in group], base=[_when(t.started) for t in group],
+            orientation="h", name=name, meta="tasks", y=[label[t.task_id] for t in group],
+            base=[_when(t.started) for t in group],
             x=[(e - t.started) * 1000 for t, e in zip(group, end)],
             customdata=[[t.task_id, t.rule, t.exit_code, round(e - t.started, 1), t.node_id] for t, e in zip(group, end)],
-            marker={"color": GROUP_COLOURS["unusable"]} if name == "failed" else None,
+            marker={"color": colours[name]},
             hovertemplate="%{customdata[0]}<br>rule %{customdata[1]}, exit code %{customdata[2]}"
                           "<br>%{customdata[3]} s on %{customdata[4]}<extra></extra>"))
     fig.update_layout(barmode="overlay", height=max(260, 60 + 22 * len(order)), title="Tasks on each node",

@@ -136,8 +136,8 @@ def test_report_renders_in_headless_chromium_with_every_task(run: Run, tmp_path)
     shown = render(page, ready="document.querySelectorAll('#saje-timeline .main-svg').length > 0"
                                " && document.querySelectorAll('#saje-cost .main-svg').length > 0",
                    evaluate="""() => ({
-                       tasks: document.getElementById('saje-timeline').data
-                           .flatMap(t => (t.customdata || []).map(c => c[0])),
+                       tasks: document.getElementById('saje-timeline').data.filter(t => t.meta === 'tasks')
+                           .flatMap(t => t.customdata.map(c => c[0])),
                        bars: document.querySelectorAll('#saje-timeline .bars .point').length,
                        links: [...document.querySelectorAll('a')].map(a => a.getAttribute('href')),
                    })""")
