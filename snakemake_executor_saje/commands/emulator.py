@@ -9,8 +9,9 @@
         Whether an emulator started with `start` on DIR is running (exit 0, or 3 when none is);
         stop it (SIGTERM, as Ctrl-C would) and wait until it has stopped.
 
-`start` writes DIR/emulator.json (pid, endpoint, account name; never the key) while it runs;
-`status` and `stop` read it and check that the pid is still that emulator before anything else.
+An emulator writes DIR/emulator.json (pid and start time, endpoint, account name; never the key)
+while it runs; `status` and `stop` read it and check that the pid is still that process (same
+start time) before anything else. `start` runs with umask 077: what it creates is private.
 """
 from __future__ import annotations
 
@@ -78,21 +79,36 @@ def client_environment(emulator) -> dict[str, str]:
 
 def _create_fixed_pool(emulator, nodes: int) -> None:
     from azure.batch import models
+    from azure.core.exceptions import ResourceExistsError
 
-    emulator.client().create_pool(models.BatchPoolCreateOptions(
-        id="local", vm_size="Standard_D2s_v5", target_dedicated_nodes=nodes, task_slots_per_node=2,
-        virtual_machine_configuration=models.VirtualMachineConfiguration(
-            image_reference=models.BatchVmImageReference(publisher="canonical", offer="ubuntu-24_04-lts", sku="server"),
-            node_agent_sku_id="batch.node.ubuntu 24.04"),
-    ))
+    try:
+        emulator.client().create_pool(models.BatchPoolCreateOptions(
+            id="local", vm_size="Standard_D2s_v5", target_dedicated_nodes=nodes, task_slots_per_node=2,
+            virtual_machine_configuration=models.VirtualMachineConfiguration(
+                image_reference=models.BatchVmImageReference(publisher="canonical", offer="ubuntu-24_04-lts",
+                                                             sku="server"),
+                node_agent_sku_id="batch.node.ubuntu 24.04"),
+        ))
+    except ResourceExistsError:
+        pass  # a restart on the same data dir: the pool is still there
 
 
 def emulator_start(args: argparse.Namespace) -> int:
+    from ..emulator.datadir import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)  # this process is the emulator: everything it writes is its own
     emulator = _make_emulator(args, args.with_azurite)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with emulator:
+    try:
+        emulator.start()
+    except Exception as exc:  # a data dir in use, a remembered port taken, Azurite missing
+        print(f"saje emulator start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        for what in emulator.stale_stopped:
+            print(f"  stopped, left running by the emulator that died on this data dir: {what}")
         if args.nodes:
             _create_fixed_pool(emulator, args.nodes)
         print(f"Azure Batch emulator listening on {emulator.endpoint}")
@@ -105,38 +121,19 @@ def emulator_start(args: argparse.Namespace) -> int:
         for key, value in client_environment(emulator).items():
             print(f"  export {key}='{value}'")
         print("Ctrl-C (or saje emulator stop) stops it and every task process it started.", flush=True)
-        state_file = _write_state(emulator)
-        try:
-            stop.wait()
-        finally:
-            state_file.unlink(missing_ok=True)
+        stop.wait()
+    finally:
+        emulator.stop()
     print("emulator stopped")
     return 0
 
 
-def _write_state(emulator) -> Path:
-    path = Path(emulator.config.data_dir) / STATE_FILE
-    path.write_text(json.dumps({
-        "pid": os.getpid(), "endpoint": emulator.endpoint, "accountName": emulator.account_name,
-        "azuriteBlobEndpoint": emulator.azurite.blob_endpoint if emulator.azurite is not None else None,
-        "dataDir": str(emulator.config.data_dir),
-    }, indent=2) + "\n")
-    return path
+def _is_emulator_process(state: dict) -> bool:
+    """The record's process is alive and is still that process (not a reused pid)."""
+    from ..emulator.processes import ProcessId
 
-
-def _is_emulator_process(pid: int) -> bool:
-    """The pid is alive and (where /proc tells) is a `saje emulator start`, not a reused pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        words = cmdline.read_bytes().split(b"\0")
-        return b"emulator" in words and b"start" in words
-    return True
+    process = ProcessId.from_dict(state)
+    return process is not None and process.alive()
 
 
 def running_emulator(data_dir: Path | None) -> dict | None:
@@ -146,7 +143,7 @@ def running_emulator(data_dir: Path | None) -> dict | None:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(state, dict) or not isinstance(state.get("pid"), int) or not _is_emulator_process(state["pid"]):
+    if not isinstance(state, dict) or not _is_emulator_process(state):
         return None
     return state
 
@@ -184,7 +181,7 @@ def emulator_stop(ctx: Context) -> int:
     pid = state["pid"]
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + ctx.args.timeout
-    while _is_emulator_process(pid):
+    while _is_emulator_process(state):
         if time.monotonic() >= deadline:
             raise CliError(f"The emulator (pid {pid}) did not stop within {ctx.args.timeout:g} s.",
                            EXIT_FAILED, "Timeout")

@@ -5,6 +5,12 @@ A task's life on a node, as on Azure: resource files are downloaded into its wor
 stdout.txt/stderr.txt land in the task dir, output files are uploaded, then the agent reports the
 exit code. A multi-instance task downloads commonResourceFiles and runs the coordination command on
 every node, then the application command on the primary only.
+
+Every process of a node carries the node's AZ_BATCH_NODE_ROOT_DIR, and that is how the agent ends
+them all (`processes.end_under`): when a node leaves its pool (as its VM would be deallocated) and
+when the emulator stops, also the ones that left the task's process group (MPI daemons started
+over the ssh shim, anything that called setsid). Processes run with umask 077, their stdout.txt
+and stderr.txt are 0600, and a node's root is 0700: node files are private to the emulator's user.
 """
 from __future__ import annotations
 
@@ -25,7 +31,8 @@ from typing import Any
 
 from azure.storage.blob import BlobServiceClient
 
-from . import blobio, containers, mounts, ssh_shim
+from . import blobio, containers, mounts, processes, ssh_shim
+from .datadir import PRIVATE_UMASK, make_private_dir
 from .layout import NodeLayout
 from .model import Job, Node, Task
 from .state import BatchState, _set_state
@@ -58,6 +65,10 @@ def unpack_zip(archive: Path, target: Path) -> None:
             mode = (info.external_attr >> 16) & 0o7777
             if mode and not info.is_dir():
                 path.chmod(mode)
+
+
+class AgentStopped(Exception):
+    """The emulator is stopping: no new process may start."""
 
 
 @dataclass
@@ -101,7 +112,7 @@ class NodeAgent:
         self.config = state.config
         self.data_dir = Path(self.config.data_dir)
         self.bin_dir = self.data_dir / "sys" / "bin"
-        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.bin_dir)
         ssh_shim.install_ssh_shim(self.bin_dir, self.data_dir, python=sys.executable)
         self._procs: dict[str, list[subprocess.Popen]] = {}
         self._containers: dict[str, list[str]] = {}  # process key -> names of its containers
@@ -113,6 +124,7 @@ class NodeAgent:
         self._install_lock = threading.Lock()
         self._killed: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._stopped = False
         state.on_kill = self.kill
         state.on_job_release = self.run_job_release
 
@@ -130,16 +142,39 @@ class NodeAgent:
         return node.id.split("_")[1][:12] + ("d" if node.dedicated else "p") if "_" in node.id else node.id
 
     def forget_node(self, node: Node) -> None:
+        """The node left its pool: its processes end (as its VM goes) and its files go.
+        In the background: the caller holds the state lock, and ending takes a grace period."""
         ssh_shim.unregister_host(self.data_dir, node.address)
-        shutil.rmtree(node.root, ignore_errors=True)
+
+        def release() -> None:
+            processes.end_under(node.root, KILL_GRACE_SECONDS)
+            shutil.rmtree(node.root, ignore_errors=True)
+
+        threading.Thread(target=release, name=f"forget-{node.id[:16]}", daemon=True).start()
 
     def stop_all(self) -> None:
-        """Kill every process the agent started (emulator shutdown)."""
+        """End every process of every node (emulator shutdown): the task process groups the agent
+        tracks first (their launchers stop their ssh daemons on SIGTERM), then whatever else
+        still carries a node's environment."""
         with self._lock:
+            self._stopped = True
             keys = list(self._procs)
         for key in keys:
             self._kill_key(key, "shutdown")
         self.engine.remove_all()
+        processes.end_under(self.data_dir / "nodes", KILL_GRACE_SECONDS)
+
+    def _thread(self, target, *args, name: str) -> threading.Thread:
+        """A daemon thread for node work that ends quietly when the emulator stops under it."""
+        def run() -> None:
+            try:
+                target(*args)
+            except AgentStopped:
+                pass
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        return thread
 
     # ----------------------------------------------------------------- environment
     def image_root(self, node: Node) -> Path | None:
@@ -275,29 +310,44 @@ class NodeAgent:
             argv[0] = found
         elif not os.path.isabs(program):
             argv[0] = str(cwd / program)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cwd.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / f"{stem}stdout.txt", "ab") as out, open(out_dir / f"{stem}stderr.txt", "ab") as err:
+        make_private_dir(out_dir)
+        make_private_dir(cwd)
+        if self._stopped:
+            raise AgentStopped(key)
+        with open(out_dir / f"{stem}stdout.txt", "ab", opener=_private) as out, \
+                open(out_dir / f"{stem}stderr.txt", "ab", opener=_private) as err:
             # Every process of an emulated node sees the node's hostname (MPI tells nodes apart by it).
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, preexec_fn=ssh_shim.node_hostname_preexec(env.get("HOSTNAME")))
+                                    start_new_session=True, umask=PRIVATE_UMASK,
+                                    preexec_fn=ssh_shim.node_hostname_preexec(env.get("HOSTNAME")))
+        return self._track(key, proc)
+
+    def _track(self, key: str, proc: subprocess.Popen) -> subprocess.Popen:
+        """Count a started process as the key's; one that started while the emulator began
+        stopping is ended at once (it must not outlive the emulator)."""
         with self._lock:
-            self._procs.setdefault(key, []).append(proc)
+            stopped = self._stopped
+            if not stopped:
+                self._procs.setdefault(key, []).append(proc)
+        if stopped:
+            _terminate_groups([proc])
+            raise AgentStopped(key)
         return proc
 
     def _spawn_container(self, key: str, spec: containers.ContainerSpec, env: dict[str, str], out_dir: Path,
                          stem: str) -> subprocess.Popen:
         engine_env = containers.passthrough_environment(env)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(out_dir)
+        if self._stopped:
+            raise AgentStopped(key)
         with self._lock:
             self._containers.setdefault(key, []).append(spec.name)
         self.engine.create(spec, engine_env)
-        with open(out_dir / f"{stem}stdout.txt", "ab") as out, open(out_dir / f"{stem}stderr.txt", "ab") as err:
+        with open(out_dir / f"{stem}stdout.txt", "ab", opener=_private) as out, \
+                open(out_dir / f"{stem}stderr.txt", "ab", opener=_private) as err:
             proc = subprocess.Popen(self.engine.start_argv(spec.name), cwd=out_dir, env=engine_env, stdout=out,
-                                    stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
-        with self._lock:
-            self._procs.setdefault(key, []).append(proc)
-        return proc
+                                    stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, umask=PRIVATE_UMASK)
+        return self._track(key, proc)
 
     def _container(self, node: Node, job: Job | None, rest: dict[str, Any], env: dict[str, str], task_dir: Path, *,
                    key: str, command_line: str | None = None,
@@ -381,7 +431,7 @@ class NodeAgent:
     # ----------------------------------------------------------------- node preparation, start task
     def prepare_node(self, node: Node) -> None:
         """A booted node: pull its pool's container images (if any), then run its start task."""
-        threading.Thread(target=self._prepare_thread, args=(node,), name=f"start-{node.id[:16]}", daemon=True).start()
+        self._thread(self._prepare_thread, node, name=f"start-{node.id[:16]}")
 
     def _prepare_thread(self, node: Node) -> None:
         with self.state.lock:
@@ -486,7 +536,7 @@ class NodeAgent:
     # ----------------------------------------------------------------- tasks
     def run_task(self, task: Task, nodes: list[Node], attempt: int) -> None:
         target = self._multi_instance_thread if task.multi_instance else self._task_thread
-        threading.Thread(target=target, args=(task, nodes, attempt), name=f"task-{task.id[:24]}", daemon=True).start()
+        self._thread(target, task, nodes, attempt, name=f"task-{task.id[:24]}")
 
     def _snapshot(self, task: Task) -> tuple[Job | None, dict[str, Any]]:
         with self.state.lock:
@@ -538,8 +588,7 @@ class NodeAgent:
         return node.prepared_jobs[job.id] == "succeeded"
 
     def run_job_release(self, job: Job, nodes: list[Node]) -> None:
-        threading.Thread(target=self._job_release_thread, args=(job, nodes), name=f"release-{job.id[:20]}",
-                         daemon=True).start()
+        self._thread(self._job_release_thread, job, nodes, name=f"release-{job.id[:20]}")
 
     def _job_release_thread(self, job: Job, nodes: list[Node]) -> None:
         """The job release task on each node that ran the preparation task; then the job completes."""
@@ -578,9 +627,7 @@ class NodeAgent:
                                                               "nodeUrl": node.rest["url"]})
                 entry["jobReleaseTaskExecutionInfo"] = record
 
-        threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in nodes]
-        for t in threads:
-            t.start()
+        threads = [self._thread(run, n, name=f"release-{n.id[:16]}") for n in nodes]
         for t in threads:
             t.join()
         with self.state.lock:
@@ -601,7 +648,7 @@ class NodeAgent:
             return
         task_dir = node.layout.task_dir(job.id, task.id)
         wd = task_dir / "wd"
-        wd.mkdir(parents=True, exist_ok=True)
+        make_private_dir(wd)
         env = self.task_environment(node, job, rest, task_dir)
         exit_code, failure = None, None
         try:
@@ -692,7 +739,7 @@ class NodeAgent:
         def prepare(index: int, node: Node) -> None:
             nonlocal failure
             task_dir = node.layout.task_dir(job.id, task.id)
-            (task_dir / "wd").mkdir(parents=True, exist_ok=True)
+            make_private_dir(task_dir / "wd")
             try:
                 if not self._prepare_job(job, node):
                     raise blobio.ResourceFileError("JobPreparationTaskFailed", "The job preparation task failed on a node of the task")
@@ -772,6 +819,11 @@ class NodeAgent:
                                              "message": "The task exited with an exit code representing a failure"}
             subtask_results.append(record)
         self._report(task, attempt, exit_code, failure, primary, subtask_results)
+
+
+def _private(path: str, flags: int) -> int:
+    """`open` opener: files the agent creates on a node are 0600."""
+    return os.open(path, flags, 0o600)
 
 
 def _terminate_groups(procs: list[subprocess.Popen]) -> None:

@@ -204,15 +204,33 @@ def audience_matches(token_aud: str, audience: str | Iterable[str], *, exact: bo
 
 @dataclass
 class TokenIssuer:
-    """The emulator's own Entra: an RSA key made at start, RS256 v1-style access tokens.
+    """The emulator's own Entra: an RSA key made once per data dir, RS256 v1-style access tokens.
 
-    Tokens are only valid for this issuer instance (this process), which is the point:
+    Tokens are only valid for this issuer (its key is kept private in the data dir, so a
+    restarted emulator still accepts the tokens its clients hold), which is the point:
     nothing outside the emulator can mint or accept them.
     """
 
     tenant_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     principal_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     _key: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(65537, 2048), repr=False)
+
+    def to_saved(self) -> dict[str, str]:
+        """What the data dir keeps (account.json, 0600) so that a restart is the same issuer."""
+        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+        return {"tenantId": self.tenant_id, "principalId": self.principal_id, "privateKey": pem.decode()}
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, str] | None) -> "TokenIssuer":
+        """The saved issuer, or a new one when nothing (usable) was saved."""
+        try:
+            key = serialization.load_pem_private_key(saved["privateKey"].encode(), password=None)  # type: ignore[index]
+            if isinstance(key, rsa.RSAPrivateKey):
+                return cls(str(saved["tenantId"]), str(saved["principalId"]), key)  # type: ignore[index]
+        except (TypeError, KeyError, ValueError):
+            pass
+        return cls()
 
     @property
     def issuer(self) -> str:
@@ -390,6 +408,19 @@ def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
+def self_signed_cert(directory: Path, hosts: Iterable[str] = ("127.0.0.1", "localhost")) -> tuple[Path, Path]:
+    """cert.pem and key.pem in `directory`: the ones already there while they are valid for at
+    least a day more (clients of a restarted emulator keep trusting it), else new ones."""
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if key_path.is_file() and cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) > dt.timedelta(days=1):
+            return cert_path, key_path
+    except (OSError, ValueError):
+        pass
+    return generate_self_signed_cert(directory, hosts)
+
+
 def generate_self_signed_cert(directory: Path, hosts: Iterable[str] = ("127.0.0.1", "localhost"),
                               days: int = 365) -> tuple[Path, Path]:
     """Write cert.pem and key.pem (self-signed, SAN with every host) so the emulator can serve HTTPS.
@@ -399,7 +430,7 @@ def generate_self_signed_cert(directory: Path, hosts: Iterable[str] = ("127.0.0.
     X.509 verification wants (critical basicConstraints, key identifiers, key usage).
     """
     hosts = tuple(hosts)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = rsa.generate_private_key(65537, 2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"SAJE emulator {hosts[0]}")])
     now = dt.datetime.now(dt.timezone.utc)
@@ -419,6 +450,7 @@ def generate_self_signed_cert(directory: Path, hosts: Iterable[str] = ("127.0.0.
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.touch(mode=0o600)  # not secret, but the data dir keeps everything private
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.touch(mode=0o600)
     key_path.chmod(0o600)

@@ -10,8 +10,10 @@ Command line (azurite 3.x, `azurite-blob`): ``--blobHost 127.0.0.1 --blobPort 0
 --skipApiVersionCheck --disableTelemetry --loose --silent`` and either ``--location DIR``
 (on disk) or ``--inMemoryPersistence``. ``--blobPort 0`` lets the kernel choose a free port at
 bind time, so two Azurites never race for one; the port is read back from the line Azurite
-prints once it listens. ``--skipApiVersionCheck`` is needed because the Python blob SDK sends
-newer x-ms-version values than Azurite knows.
+prints once it listens. A restarted emulator asks for the port its Azurite had before
+(``port=``), so that the blob URLs its tasks and clients hold stay valid.
+``--skipApiVersionCheck`` is needed because the Python blob SDK sends newer x-ms-version values
+than Azurite knows. Azurite runs with umask 077: its files on disk are private.
 """
 from __future__ import annotations
 
@@ -82,6 +84,7 @@ class Azurite:
         location: Path | str | None = None,
         *,
         host: str = "127.0.0.1",
+        port: int = 0,
         command: Sequence[str] | None = None,
         startup_timeout: float = 60.0,
         stop_timeout: float = 10.0,
@@ -95,6 +98,7 @@ class Azurite:
         self.debug_log = Path(debug_log) if debug_log is not None else None
         self.account_name = ACCOUNT_NAME
         self.account_key = ACCOUNT_KEY
+        self.requested_port = port
         self.port: int | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._output: deque[str] = deque(maxlen=40)
@@ -122,7 +126,8 @@ class Azurite:
 
     def argv(self) -> list[str]:
         """The full command line; the key never appears on it."""
-        argv = (self.command or find_azurite()) + ["--blobHost", self.host, "--blobPort", "0", *COMMON_FLAGS]
+        argv = (self.command or find_azurite()) + ["--blobHost", self.host, "--blobPort", str(self.requested_port),
+                                                   *COMMON_FLAGS]
         if self.location is None:
             argv.append("--inMemoryPersistence")
         else:
@@ -136,7 +141,7 @@ class Azurite:
         if self._proc is not None:
             raise AzuriteError("Azurite is already started")
         if self.location is not None:
-            self.location.mkdir(parents=True, exist_ok=True)
+            self.location.mkdir(mode=0o700, parents=True, exist_ok=True)
         argv = self.argv()
         self._proc = subprocess.Popen(
             argv,
@@ -145,6 +150,7 @@ class Azurite:
             stderr=subprocess.STDOUT,
             text=True,
             cwd=str(self.location) if self.location is not None else None,
+            umask=0o077,
         )
         self._reader = threading.Thread(target=self._drain, name=f"azurite-{self._proc.pid}", daemon=True)
         self._reader.start()

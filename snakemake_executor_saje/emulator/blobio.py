@@ -46,6 +46,8 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobClient, ContainerClient, ExponentialRetry
 
+from .datadir import make_private_dir
+
 USER_ERROR = "usererror"
 SERVER_ERROR = "servererror"
 
@@ -290,7 +292,7 @@ def _write_stream(target: Path, source: str, fill: Any) -> None:
     """Write through a temporary name, then rename: a failed download leaves no half file."""
     details = {"BlobSource": source, "FilePath": str(target)}
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(target.parent)
     except OSError as exc:
         raise ResourceFileError(_local_error(exc, "ResourceDirectoryCreateFailed"), details=details) from exc
     partial = target.with_name(f".{target.name}.download")

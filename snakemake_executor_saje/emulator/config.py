@@ -17,10 +17,11 @@ def new_account_key() -> str:
 class EmulatorConfig:
     data_dir: Path
     account_name: str = "sajelocal"
-    account_key: str = field(default_factory=new_account_key, repr=False)
+    # None: the data dir's key (made once, kept in account.json, so restarts keep it).
+    account_key: str | None = field(default=None, repr=False)
     region: str = "local"
     host: str = "127.0.0.1"
-    port: int = 0  # 0: the OS picks a free port
+    port: int = 0  # 0: the port the data dir served on before, else a free one the OS picks
     tls: bool = False  # HTTPS with a generated self-signed certificate (bearer tokens need it)
     persist: bool = True  # SQLite under data_dir; False keeps state in memory only
     # Seconds a node spends in 'creating' and in 'starting' before it can run its start task.

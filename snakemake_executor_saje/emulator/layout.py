@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .datadir import make_private_dir
+
 
 @dataclass(frozen=True)
 class NodeLayout:
@@ -40,8 +42,9 @@ class NodeLayout:
         return self.task_dir(job_id, task_id) / "wd"
 
     def create(self) -> None:
+        """The node's directories, private (0700) like everything in the data dir."""
         for sub in ("applications", "startup/wd", "shared", "fsmounts", "workitems"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.root / sub)
 
 
 def node_root(data_dir: Path, pool_id: str, node_id: str) -> Path:

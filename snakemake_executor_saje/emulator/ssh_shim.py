@@ -105,7 +105,7 @@ def read_hosts(data_dir: Path | str) -> dict[str, dict]:
 def _locked(data_dir: Path | str) -> Iterator[None]:
     lock = Path(data_dir) / (HOSTS_FILE_NAME + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
+    with open(lock, "a", opener=lambda path, flags: os.open(path, flags, 0o600)) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -555,7 +555,7 @@ def install_ssh_shim(bin_dir: Path, data_dir: Path, python: str = sys.executable
     )
     tmp = target.with_name(".ssh.tmp")
     tmp.write_text(script)
-    tmp.chmod(0o755)
+    tmp.chmod(0o700)  # the emulator's user runs it; its data dir is private
     os.replace(tmp, target)
     return target
 

@@ -161,6 +161,7 @@ class BatchState:
                     self.requeue(task, reason="restart")
                 if task.state == "active":
                     job.pending.append(task.id)
+            self.complete_job(job)  # a job left 'terminating' waited for release tasks that died too
 
     def save_pool(self, pool: Pool) -> None:
         self.store.put("pool", pool.id, pool.to_row())

@@ -1,7 +1,8 @@
 """SQLite persistence for the emulator's state: each resource is one JSON row.
 
 The service keeps its working state in memory for speed and writes every change
-through here, so a restarted emulator finds its pools, jobs and tasks again.
+through here, so a restarted emulator finds its pools, jobs and tasks again. The file holds
+SAS URLs and is made 0600 before SQLite opens it (its -wal and -shm files take its mode).
 """
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .datadir import touch_private
+
 
 class Store:
     def __init__(self, path: Path | None):
         self._lock = threading.Lock()
+        if path is not None:
+            touch_private(path)
         self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

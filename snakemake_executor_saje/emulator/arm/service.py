@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..datadir import make_private_dir
 from ..timeutil import iso_now
 from ..wire import Request, Response
 from . import authorization, batch, compute, storage
@@ -82,7 +83,7 @@ class ArmService:
         self.emulator = emulator
         self.state = emulator.state
         self.root = Path(emulator.config.data_dir) / "arm"
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root)
         self.retry_after = 1  # seconds, sent as Retry-After on every LRO response
         self.lro_seconds = 0.2  # shortest time an LRO reports InProgress
         self.register_seconds = 1.0  # time a provider spends 'Registering'
