@@ -134,15 +134,33 @@ class BatchGateway:
         """Nodes Batch cannot use, with their errors (a container image that could not be pulled)."""
         return list(self.client.list_nodes(pool_id, filter="state eq 'unusable'", select=["id", "state", "errors"]))
 
+    def remove_nodes(self, pool_id: str, node_ids: Sequence[str]) -> None:
+        """Take nodes out of the pool (an autoscale pool replaces them at its next evaluation)."""
+        self.client.begin_remove_nodes(pool_id, models.BatchNodeRemoveOptions(
+            node_ids=list(node_ids), node_deallocation_option="requeue"))
+
+    def resize_pool(self, pool_id: str, dedicated: int, spot: int) -> None:
+        self.client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(
+            target_dedicated_nodes=dedicated, target_low_priority_nodes=spot))
+
+    def set_pool_metadata(self, pool_id: str, items: Sequence[models.BatchMetadataItem]) -> None:
+        """Replace the pool's metadata (PATCH: the other properties stay)."""
+        self.client.update_pool(pool_id, models.BatchPoolUpdateOptions(metadata=list(items)))
+
+    def set_job_metadata(self, job_id: str, metadata: dict[str, str]) -> None:
+        self.client.update_job(job_id, models.BatchJobUpdateOptions(metadata=_items(metadata)))
+
     # ----------------------------------------------------------------- jobs
     def ensure_job(self, job_id: str, pool_id: str, *, display_name: str | None = None,
-                   environment: dict[str, str] | None = None, max_wall_clock: dt.timedelta | None = None) -> None:
+                   environment: dict[str, str] | None = None, max_wall_clock: dt.timedelta | None = None,
+                   metadata: dict[str, str] | None = None) -> None:
         """Create the job; `max_wall_clock` is its constraints.maxWallClockTime (Batch terminates it,
         and its running tasks, that long after its creation)."""
         job = models.BatchJobCreateOptions(
             id=job_id, display_name=display_name, pool_info=models.BatchPoolInfo(pool_id=pool_id),
             constraints=models.BatchJobConstraints(max_wall_clock_time=max_wall_clock) if max_wall_clock else None,
             common_environment_settings=[models.EnvironmentSetting(name=k, value=v) for k, v in sorted((environment or {}).items())] or None,
+            metadata=_items(metadata) if metadata else None,
         )
         try:
             self.client.create_job(job)
@@ -217,6 +235,10 @@ class BatchGateway:
 
     def download_node_file(self, pool_id: str, node_id: str, name: str, target: Path) -> bool:
         return _save(lambda: self.client.download_node_file(pool_id, node_id, name), target)
+
+
+def _items(metadata: dict[str, str] | None) -> list[models.BatchMetadataItem]:
+    return [models.BatchMetadataItem(name=k, value=v) for k, v in (metadata or {}).items()]
 
 
 def _save(download, target: Path) -> bool:

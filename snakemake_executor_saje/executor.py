@@ -3,6 +3,9 @@
 A run owns one Batch job per pool class (a Batch job is bound to one pool; most runs have one)
 and the pools it created. Whatever way the run ends (success, failure, Ctrl-C, an error during
 set-up) `shutdown` deletes those jobs and pools unless --saje-keep-pool, so nothing keeps costing.
+Everything it creates carries the run's tag with a heartbeat (runs.py), so that what a killed
+Snakemake leaves behind can be found (`saje cleanup`); a rerun of the same workflow directory
+terminates such a run's tasks first (leftovers.py), so that no two tasks write the same output.
 """
 from __future__ import annotations
 
@@ -24,10 +27,11 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
-from . import allocation, checkpoints, containers, credentials, mapping, mpi, node_check, pools, sources
+from . import allocation, checkpoints, containers, credentials, leftovers, mapping, mpi, node_check, pools, runs, sources
 from .observer import RunObserver, peak_memory_mb
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
+from .poolwatch import PoolWatch, StartTaskFailure
 from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
 from .staging import Staging, node_path, under
 
@@ -55,6 +59,7 @@ class PoolUse:
     reported: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)  # Batch errors reported, for the final message
     unusable_since: float | None = None  # monotonic time since the pool has had no usable node
+    watch: PoolWatch = field(default_factory=PoolWatch)  # start-task failures (created pools)
 
 
 class Executor(RemoteExecutor):
@@ -69,6 +74,9 @@ class Executor(RemoteExecutor):
         self.batch = BatchGateway(batch_connect(endpoint, credential))
         self.emulated = _is_loopback(endpoint)
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.tag = runs.RunTag.current(self.run_id, dt.timedelta(minutes=float(self.settings.heartbeat_interval)))
+        self.heartbeat = runs.Heartbeat(float(self.settings.heartbeat_interval) * 60, self._beat)
+        self.checked_dead_runs = False
         self.uses: dict[str, PoolUse] = {}
         self.staging: Staging | None = None
         self.source_files: list = []
@@ -133,6 +141,7 @@ class Executor(RemoteExecutor):
                     refused.append((job, str(exc)))
                     continue
                 by_use.setdefault(use.job_id, []).append((request, info))
+            self._settle_dead_runs()
             for job_id, items in by_use.items():
                 self.batch.submit(job_id, [request for request, _ in items])
         except (mapping.JobMappingError, pools.PoolSpecError, containers.ContainerChoiceError, BatchSubmitError) as exc:
@@ -340,6 +349,7 @@ class Executor(RemoteExecutor):
                 instances_per_task=mapping.plan_mpi(spec, shape, self.settings.mpi_flavor).nodes if mapping.is_mpi(spec) else 1,
                 min_autoscale_interval=0.0 if self.emulated else AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES,
                 start_task_files=files,
+                tags=self.tag.metadata(),
             )
             make_spec(())  # refuses a pool SAJE must not create before anything is uploaded
             self._ensure_staging()
@@ -351,11 +361,15 @@ class Executor(RemoteExecutor):
             self.logger.info(f"SAJE: pool {pool_id} ({pool_class.vm_size}{', MPI' if pool_class.mpi else ''}) created for this run.")
         job_id = f"{pool_id}-job"[:64] if created or not pool_class.existing_pool_id else f"saje-{self.run_id}-{key}"
         use = PoolUse(pool_class, pool_id, job_id, shape, created)
+        if created and not pool_class.mpi and self.settings.nodes is not None:
+            use.watch.fixed_target = (0, self.settings.nodes) if pool_class.spot else (self.settings.nodes, 0)
         self.uses[key] = use
         self.observer.pool_added(pool_id, shape.vm_size, spot=pool_class.spot, batch_job=job_id, created=created,
                                  mpi=pool_class.mpi)
         self.batch.ensure_job(job_id, pool_id, display_name=f"snakemake run {self.run_id}",
-                              max_wall_clock=self.settings.job_wall_clock)
+                              max_wall_clock=self.settings.job_wall_clock,
+                              metadata=self.tag.metadata())
+        self.heartbeat.start()
         return use
 
     def _start_task_files(self) -> list:
@@ -391,7 +405,8 @@ class Executor(RemoteExecutor):
         if self.settings.storage_account_url and not os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
             credential = credentials.resolve_storage_credential(self.settings)
         self.staging = Staging.connect(self.run_id, account_url=self.settings.storage_account_url,
-                                       credential=credential, prefix=self.settings.storage_container)
+                                       credential=credential, prefix=self.settings.storage_container,
+                                       metadata=self.tag.container_metadata())
         self.observer.staging = self.staging
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / "snakemake-workflow-sources.tar.xz"
@@ -400,6 +415,29 @@ class Executor(RemoteExecutor):
             self.source_files = [self.staging.upload_sources(archive)]
         self.staging.upload_file(Path(node_check.__file__), NODE_CHECK_BLOB)
         self.node_check_file = self.staging.resource_file(NODE_CHECK_BLOB, NODE_CHECK_PATH)
+
+    # ----------------------------------------------------------------- the run's tag
+    def _beat(self) -> None:
+        """Heartbeat: write the time into the run's pools, jobs and container metadata."""
+        self.tag = self.tag.beat()
+        tags = self.tag.metadata()
+        try:
+            for use in list(self.uses.values()):
+                if use.created:
+                    self.batch.set_pool_metadata(use.pool_id, pools.pool_metadata(use.pool_class, self.run_id, tags))
+                self.batch.set_job_metadata(use.job_id, tags)
+            if self.staging is not None:
+                self.staging.set_metadata(self.tag.container_metadata())
+        except Exception as exc:  # a missed beat only makes the run look older; never stop for it
+            self.logger.warning(f"SAJE: could not write the run's heartbeat: {exc}")
+
+    def _settle_dead_runs(self) -> None:
+        """Once, before the first task goes out: runs of this workflow directory whose Snakemake is
+        gone have their tasks terminated and their leftovers deleted (leftovers.take_over)."""
+        if not self.checked_dead_runs:
+            self.checked_dead_runs = True
+            leftovers.take_over(self.tag, self.batch, self.staging.service if self.staging else None,
+                                warn=lambda text: self.logger.warning(f"SAJE: {text}"))
 
     # ----------------------------------------------------------------- status
     async def check_active_jobs(self, active_jobs: List[SubmittedJobInfo]) -> AsyncGenerator[SubmittedJobInfo, None]:
@@ -557,7 +595,10 @@ class Executor(RemoteExecutor):
         for --saje-pool-ready-timeout while tasks waited on them: those jobs fail instead of
         waiting forever on a pool that cannot grow."""
         timeout = float(self.settings.pool_ready_timeout) * 60
-        if time.monotonic() - self.last_pool_check < min(POOL_CHECK_SECONDS, timeout / 4):
+        every = min(POOL_CHECK_SECONDS, timeout / 4)
+        if any(use.watch.troubled for use in self.uses.values()):  # nodes being replaced: look at every poll
+            every = min(every, float(self.settings.poll_interval))
+        if time.monotonic() - self.last_pool_check < every:
             return {}
         self.last_pool_check = time.monotonic()
         try:
@@ -566,9 +607,15 @@ class Executor(RemoteExecutor):
             usable = {}
         stuck = {}
         for use in self.uses.values():
+            if usable.get(use.pool_id, 0) > 0:
+                use.watch.saw_usable = True
             try:
                 self._report_pool_problems(use)
             except HttpResponseError:
+                continue
+            given_up = use.watch.give_up_message(use.pool_id) if use.created else None
+            if given_up and use.job_id in waiting_jobs:
+                stuck[use.job_id] = given_up
                 continue
             if not use.created or use.job_id not in waiting_jobs or usable.get(use.pool_id, 0) > 0:
                 use.unusable_since = None
@@ -584,22 +631,27 @@ class Executor(RemoteExecutor):
         return stuck
 
     def _report_pool_problems(self, use: PoolUse) -> None:
+        """Report resize errors and failed start tasks once each; on a pool the run created, take
+        nodes whose start task failed out so that the pool can replace them (poolwatch.py)."""
         pool = self.batch.get_pool(use.pool_id)
         for error in pool.resize_errors or []:
             if error.code not in use.reported:
                 use.reported.add(error.code)
                 use.problems.append(f"{error.code}: {error.message}")
                 self.logger.error(f"SAJE: pool {use.pool_id} cannot grow: {error.code}: {error.message}")
-        for node in self.batch.failed_start_tasks(use.pool_id):
+        failed = self.batch.failed_start_tasks(use.pool_id)
+        for node in failed:
             key = f"start:{node.id}"
             if key in use.reported:
                 continue
             use.reported.add(key)
-            failure = node.start_task_info.failure_info if node.start_task_info else None
+            info = node.start_task_info
+            failure = info.failure_info if info else None
             code = failure.code if failure else "FailureExitCode"
             target = LOG_DIR / use.pool_id / node.id / "startup-stderr.txt"
             saved = self.batch.download_node_file(use.pool_id, node.id, "startup/stderr.txt", target)
             use.problems.append(f"start task failed on node {node.id} ({code})")
+            use.watch.record(StartTaskFailure(node.id, code, info.exit_code if info else None, target if saved else None))
             self.logger.error(f"SAJE: the start task failed on node {node.id} of pool {use.pool_id} ({code})"
                               + (f"; its stderr: {target}" if saved else ""))
         for node in self.batch.unusable_nodes(use.pool_id):
@@ -609,6 +661,28 @@ class Executor(RemoteExecutor):
             errors = "; ".join(_node_error(e) for e in node.errors or []) or "no error reported"
             use.problems.append(f"node {node.id} unusable: {errors}")
             self.logger.error(f"SAJE: node {node.id} of pool {use.pool_id} is unusable: {errors}")
+        if not use.created:
+            return  # a pool the user manages: reported, never changed
+        if failed:
+            try:
+                self.batch.remove_nodes(use.pool_id, [n.id for n in failed])
+                self.logger.info(f"SAJE: node(s) {', '.join(n.id for n in failed)} taken out of pool {use.pool_id} "
+                                 "(start task failed) so that the pool can get working ones.")
+            except HttpResponseError as exc:  # e.g. the pool is resizing: next check
+                self.logger.warning(f"SAJE: could not remove failed nodes from pool {use.pool_id} yet: "
+                                    f"{describe_http_error(exc)}")
+        elif use.watch.restore_pending and use.watch.fixed_target is not None:
+            self._restore_size(use, pool)
+
+    def _restore_size(self, use: PoolUse, pool) -> None:
+        """A fixed-size pool lost nodes to start-task failures (removing a node lowers the target):
+        once it is steady, resize it back to the size the run asked for."""
+        dedicated, spot = use.watch.fixed_target
+        if str(pool.allocation_state).lower().endswith("resizing"):
+            return
+        if (pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0) != (dedicated, spot):
+            self.batch.resize_pool(use.pool_id, dedicated, spot)
+        use.watch.restore_pending = False
 
     # ----------------------------------------------------------------- cancel and cleanup
     def cancel_jobs(self, active_jobs: List[SubmittedJobInfo]) -> None:
@@ -641,6 +715,7 @@ class Executor(RemoteExecutor):
         Each deletion is tried whatever happened to the others: one failure must not leave the
         rest costing money. Deleting a job also terminates its running tasks.
         """
+        self.heartbeat.stop()
         self._try("look at the run's pools a last time", lambda: self.observer.observe(self.batch, say=False))
         for use in list(self.uses.values()):
             self._try(f"delete Batch job {use.job_id}", self.batch.delete_job, use.job_id)

@@ -47,7 +47,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from azure.batch import models
 from snakemake_interface_common.exceptions import WorkflowError
@@ -71,6 +71,7 @@ __all__ = [
     "mpi_autoscale_formula",
     "start_task",
     "pool_spec",
+    "pool_metadata",
 ]
 
 MAX_POOL_ID = 64
@@ -433,6 +434,7 @@ def pool_spec(
     pool_id: str | None = None,
     fixed_nodes: int | None = None,
     start_task_files: Sequence[models.ResourceFile] = (),
+    tags: Mapping[str, str] | None = None,
 ) -> models.BatchPoolCreateOptions:
     """The pool to create for ``pool_class`` in run ``run_id``.
 
@@ -446,7 +448,8 @@ def pool_spec(
     asks for that many nodes (spot when the class is) with no autoscale, MPI
     classes included: both for pools a user creates by hand (``saje pool
     create``). ``start_task_files`` are the start task's resource files (the uploaded
-    --saje-start-task-script).
+    --saje-start-task-script). ``tags`` is the run's tag
+    (runs.RunTag.metadata) for its metadata.
     """
     if pool_class.existing_pool_id:
         raise PoolSpecError(
@@ -549,9 +552,15 @@ def pool_spec(
         start_task=start,
         mount_configuration=mounts.parse_mounts(getattr(settings, "mounts", None),
                                                 node_identity=getattr(settings, "node_identity", None)) or None,
-        metadata=[
-            models.BatchMetadataItem(name="saje-run", value=run_id),
-            models.BatchMetadataItem(name="saje-class", value=pool_class.key),
-        ],
+        metadata=pool_metadata(pool_class, run_id, tags),
         **scaling,
     )
+
+
+def pool_metadata(pool_class: PoolClass, run_id: str,
+                  tags: Mapping[str, str] | None = None) -> list[models.BatchMetadataItem]:
+    """The pool's metadata: its class, and the run's tag (runs.py; a heartbeat rewrites the
+    whole list, so it is built here for both), or just the run id when there is no tag."""
+    items = dict(tags) if tags else {"saje-run": run_id}
+    items["saje-class"] = pool_class.key
+    return [models.BatchMetadataItem(name=name, value=value) for name, value in items.items()]

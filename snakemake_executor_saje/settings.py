@@ -219,6 +219,14 @@ class ExecutorSettings(ExecutorSettingsBase):
             " fail with the pool's Batch errors, and the job and pool are deleted."
         ),
     )
+    heartbeat_interval: float = field(
+        default=5,
+        metadata=_help(
+            "Minutes between the run's heartbeats: the time written into the metadata of its pools,"
+            " jobs and staging container, by which `saje cleanup` and a rerun tell a run whose"
+            " Snakemake died (no heartbeat for 3 intervals) from a live one."
+        ),
+    )
     # --- software on the node ----------------------------------------------------
     snakemake_install: str = field(
         default="pip",
@@ -450,6 +458,8 @@ class ExecutorSettings(ExecutorSettingsBase):
             yield f"--saje-pool-ready-timeout must be > 0 minutes, got {self.pool_ready_timeout}"
         if self.progress_interval < 0:
             yield f"--saje-progress-interval must be >= 0 seconds (0: no progress lines), got {self.progress_interval}"
+        if self.heartbeat_interval <= 0:
+            yield f"--saje-heartbeat-interval must be > 0 minutes, got {self.heartbeat_interval}"
 
     @property
     def job_wall_clock(self) -> "datetime.timedelta | None":

@@ -79,26 +79,17 @@ class Staging:
 
     @classmethod
     def connect(cls, run_id: str, *, account_url: str | None, credential: Any = None,
-                prefix: str = "saje") -> "Staging":
-        connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
-        if connection_string:
-            service = BlobServiceClient.from_connection_string(connection_string)
-            key = _key_from_connection_string(connection_string)
-        elif account_url:
-            if credential is None:
-                from azure.identity import DefaultAzureCredential
-
-                credential = DefaultAzureCredential()
-            service = BlobServiceClient(account_url, credential=credential)
-            key = None
-        else:
+                prefix: str = "saje", metadata: dict[str, str] | None = None) -> "Staging":
+        """The run's container, created with `metadata` (the run's tag, runs.py)."""
+        found = blob_service(account_url, credential)
+        if found is None:
             raise StagingError(
                 "No storage for staging: the run has no default storage provider, so SAJE stages files itself and "
                 "needs a blob account. Set --saje-storage-account-url (with az login or a managed identity), or "
                 "AZURE_STORAGE_CONNECTION_STRING, or use --default-storage-provider azure."
             )
-        staging = cls(service, container_name_for(run_id, prefix), key)
-        staging._create_container()
+        staging = cls(found[0], container_name_for(run_id, prefix), found[1])
+        staging._create_container(metadata)
         return staging
 
     @classmethod
@@ -119,13 +110,17 @@ class Staging:
             credential = DefaultAzureCredential
         return cls(BlobServiceClient(account_url, credential=credential()), container)
 
-    def _create_container(self) -> None:
+    def _create_container(self, metadata: dict[str, str] | None = None) -> None:
         from azure.core.exceptions import ResourceExistsError
 
         try:
-            self.service.create_container(self.container)
+            self.service.create_container(self.container, metadata=metadata)
         except ResourceExistsError:
             pass
+
+    def set_metadata(self, metadata: dict[str, str]) -> None:
+        """Replace the container's metadata (the run's heartbeat)."""
+        self.service.get_container_client(self.container).set_container_metadata(metadata)
 
     @property
     def container_url(self) -> str:
@@ -299,6 +294,21 @@ class Staging:
             self.service.delete_container(self.container)
         except ResourceNotFoundError:
             pass
+
+
+def blob_service(account_url: str | None, credential: Any = None) -> tuple[BlobServiceClient, str | None] | None:
+    """(service, account key or None) from AZURE_STORAGE_CONNECTION_STRING, else from
+    `account_url` with `credential` (DefaultAzureCredential when None); None when neither is set."""
+    connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    if connection_string:
+        return BlobServiceClient.from_connection_string(connection_string), _key_from_connection_string(connection_string)
+    if account_url:
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        return BlobServiceClient(account_url, credential=credential), None
+    return None
 
 
 class StagingError(WorkflowError):

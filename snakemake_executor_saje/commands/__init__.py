@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 
 # Order is the order of `saje --help`.
-GROUPS = ("deploy", "image", "app", "pool", "job", "status", "report", "emulator")
+GROUPS = ("deploy", "image", "app", "pool", "job", "status", "report", "cleanup", "emulator")
 
 
 def register_all(commands, parents) -> None:

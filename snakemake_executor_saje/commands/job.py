@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..runs import metadata_dict
 from .common import (EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CliError, Context, batch_settings, confirm,
                      deletion_options, wait_gone)
 from .output import fmt_counts, state_name
@@ -28,6 +29,7 @@ def job_summary(job: Any, counts: dict[str, int] | None) -> dict[str, Any]:
         "state": state_name(job.state),
         "created": job.creation_time,
         "taskCounts": counts,
+        "metadata": metadata_dict(job.metadata),  # saje-run, saje-workdir, saje-heartbeat, ... (runs.py)
     }
 
 

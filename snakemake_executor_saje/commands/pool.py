@@ -13,6 +13,7 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any, Iterable
 
+from ..runs import metadata_dict
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Context, confirm, deletion_options, wait_gone, wait_options
 from .output import fmt_counts, fmt_current_target, state_name
 
@@ -40,6 +41,7 @@ def pool_summary(pool: Any) -> dict[str, Any]:
         "taskSlotsPerNode": pool.task_slots_per_node,
         "interNodeCommunication": bool(pool.enable_inter_node_communication),
         "resizeErrors": [{"code": e.code, "message": e.message} for e in (pool.resize_errors or [])],
+        "metadata": metadata_dict(pool.metadata),  # saje-run, saje-workdir, saje-heartbeat, ... (runs.py)
     }
 
 

@@ -76,6 +76,18 @@ def cost_total(costs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def run_summaries(pools: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tagged runs behind these pools and jobs (their metadata), each judged alive or gone."""
+    from .. import leftovers
+    from ..runs import RunTag
+
+    items = [(RunTag.from_metadata(p.get("metadata")), leftovers.Resource(leftovers.POOL, p["id"], p["state"]))
+             for p in pools]
+    items += [(RunTag.from_metadata(j.get("metadata")), leftovers.Resource(leftovers.JOB, j["id"], j["state"]))
+              for j in jobs]
+    return [run.summary(verdict) for run, verdict in leftovers.judged(leftovers.group(items))]
+
+
 def price_table(prices: Any = None) -> dict[str, str]:
     """Where the prices come from: kind, region, currency, date, source (and why, for a fallback)."""
     from .. import prices as price_tables
@@ -108,15 +120,29 @@ def gather(ctx: Context, price_cache: dict[str, Any]) -> tuple[dict[str, Any], l
         rows.append((pool["id"], pool["vmSize"], pool["allocationState"], fmt_counts(dedicated),
                      fmt_counts(spot), _cost_cell(cost)))
     jobs = [job_summary(j, task_counts(client.get_job_task_counts(j.id))) for j in client.list_jobs()]
+    runs = run_summaries(pools, jobs)
     total = cost_total(costs)
     currency = prices.currency
-    document = {"account": ctx.endpoint, "pools": pools, "jobs": jobs,
+    document = {"account": ctx.endpoint, "pools": pools, "jobs": jobs, "runs": runs,
                 "cost": {**total, "currency": currency, "priceTable": price_table(prices)}}
     views = [
         table("Pools and nodes", ("pool", "vm size", "allocation", "dedicated nodes", "spot nodes", f"{currency}/hour"), rows),
         table("Jobs", ("job", "pool", "state", "active", "running", "succeeded", "failed"),
               [(j["id"], j["pool"], j["state"], *(j["taskCounts"][k] for k in ("active", "running", "succeeded", "failed")))
                for j in jobs]),
+    ]
+    if runs:
+        views.append(table("Runs (from the saje-* metadata of their pools and jobs)",
+                           ("run", "host", "workflow directory", "started", "state"),
+                           [(r["run"], r["host"], r["workdir"], r["started"][:19],
+                             ("GONE: " if r["gone"] else "alive: ") + r["reason"]) for r in runs]))
+    gone = [r for r in runs if r["gone"]]
+    if gone:
+        from rich.text import Text
+
+        views.append(Text(f"{len(gone)} run(s) whose Snakemake is gone left pools or jobs behind: "
+                          "`saje cleanup` lists them, `saje cleanup --yes` deletes them.", style="bold"))
+    views += [
         f"Hourly cost of the running nodes: dedicated {fmt_money(total['dedicatedPerHour'], currency)},"
         f" spot {fmt_money(total['spotPerHour'], currency)}; total "
         + (fmt_money(total["totalPerHour"], currency) if total["totalPerHour"] is not None else
