@@ -429,7 +429,11 @@ class Executor(RemoteExecutor):
             if self.staging is not None:
                 self.staging.set_metadata(self.tag.container_metadata())
         except Exception as exc:  # a missed beat only makes the run look older; never stop for it
-            self.logger.warning(f"SAJE: could not write the run's heartbeat: {exc}")
+            if not self.heartbeat.failing:
+                self.logger.warning(f"SAJE: could not write the run's heartbeat (said once until it works again): {exc}")
+            self.heartbeat.failing = True
+            return
+        self.heartbeat.failing = False
 
     def _settle_dead_runs(self) -> None:
         """Once, before the first task goes out: runs of this workflow directory whose Snakemake is
@@ -454,8 +458,9 @@ class Executor(RemoteExecutor):
                     since = self.last_poll - dt.timedelta(seconds=30) if self.last_poll else None
                     for task in self.batch.completed_since(job_id, since):
                         completed[task.id] = task
-                except HttpResponseError as exc:
-                    self.logger.warning(f"SAJE: status query failed ({describe_http_error(exc)}); retrying next poll.")
+                except AzureError as exc:  # a refused connection too: the service may be restarting
+                    why = describe_http_error(exc) if isinstance(exc, HttpResponseError) else str(exc).splitlines()[0]
+                    self.logger.warning(f"SAJE: status query failed ({why}); retrying next poll.")
                     for info in active_jobs:
                         yield info
                     return
@@ -603,7 +608,7 @@ class Executor(RemoteExecutor):
         self.last_pool_check = time.monotonic()
         try:
             usable = {c.pool_id: _usable(c) for c in self.batch.client.list_pool_node_counts()}
-        except HttpResponseError:
+        except AzureError:
             usable = {}
         stuck = {}
         for use in self.uses.values():
@@ -611,7 +616,7 @@ class Executor(RemoteExecutor):
                 use.watch.saw_usable = True
             try:
                 self._report_pool_problems(use)
-            except HttpResponseError:
+            except AzureError:
                 continue
             given_up = use.watch.give_up_message(use.pool_id) if use.created else None
             if given_up and use.job_id in waiting_jobs:

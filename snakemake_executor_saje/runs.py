@@ -203,6 +203,7 @@ class Heartbeat:
         self._beat = beat
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failing = False  # the last beat failed (the caller's note, to say a failure once)
 
     def start(self) -> None:
         if self._thread is None:

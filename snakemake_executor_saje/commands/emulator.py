@@ -106,9 +106,7 @@ def emulator_start(args: argparse.Namespace) -> int:
     except Exception as exc:  # a data dir in use, a remembered port taken, Azurite missing
         print(f"saje emulator start: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    try:
-        for what in emulator.stale_stopped:
-            print(f"  stopped, left running by the emulator that died on this data dir: {what}")
+    try:  # what a dead emulator left and this one stopped was logged by start()
         if args.nodes:
             _create_fixed_pool(emulator, args.nodes)
         print(f"Azure Batch emulator listening on {emulator.endpoint}")

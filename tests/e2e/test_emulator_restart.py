@@ -101,7 +101,7 @@ def test_what_a_killed_emulator_left_is_stopped_and_its_tasks_requeued(tmp_path)
         assert again == env  # same endpoint, key and blob endpoint
         assert not azurite_pid.alive()
         assert not set(_node_processes(emu.data_dir)) & before
-        assert any("stopped, left running" in line and "Azurite" in line for line in emu.output), emu.output
+        assert any("did not stop cleanly; stopped what it left: Azurite" in line for line in emu.output), emu.output
         wait_for(lambda: client.get_task(job_id, "long").state == "running", 60, what="the requeued task to run")
         task = client.get_task(job_id, "long")
         assert task.execution_info.requeue_count == 1 and task.execution_info.retry_count == 0
