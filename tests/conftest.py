@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import http.server
 import itertools
+import os
+import sys
 import tempfile
 import threading
 import time
@@ -19,6 +21,44 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from snakemake_executor_saje.emulator import Emulator
+
+SESSION_VARIABLE = "SAJE_TEST_SESSION"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Mark what the suite starts, two ways: an environment variable every process it starts
+    inherits (subprocesses get copies of os.environ), and, on Linux, this pytest as the reaper of
+    orphans, so that a process whose parent died (an MPI daemon, what a killed emulator or
+    Snakemake left) becomes this process's child instead of init's. The emulator's node processes
+    get a fresh environment (as on Azure) but descend from the suite."""
+    os.environ[SESSION_VARIABLE] = f"{os.getpid()}-{uuid.uuid4().hex}"
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No process the suite started may outlive it: name any that is left, end it, fail the run."""
+    from snakemake_executor_saje.emulator import processes
+
+    left = sorted(set(processes.descendants(os.getpid()))
+                  | set(processes.with_variable(SESSION_VARIABLE, os.environ.get(SESSION_VARIABLE, "-"))))
+    if not left:
+        return
+    names = [f"pid {pid}: {processes.command_line(pid)[:200]}" for pid in left]
+    processes.end(left)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = ("processes started by the test suite were still running at its end (now ended):\n  "
+               + "\n  ".join(names))
+    if reporter is not None:
+        reporter.write_sep("=", "processes left behind", red=True)
+        reporter.write_line(message)
+    else:
+        print(message, file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 # Short clocks for tests; every other setting is the real service's default.
 FAST = {

@@ -139,7 +139,12 @@ class NodeAgent:
 
     @staticmethod
     def hostname(node: Node) -> str:
-        return node.id.split("_")[1][:12] + ("d" if node.dedicated else "p") if "_" in node.id else node.id
+        """The node's hostname is its address. MPI launchers tell which host of AZ_BATCH_HOST_LIST
+        is their own by its name or by their interfaces' addresses: on Azure the node's address is
+        an address of its own NIC; emulated nodes share this machine's interfaces, so only the name
+        can say it. With another name, Open MPI's prterun took its own node for a remote one,
+        started a second daemon there over ssh, and after an MPI_Abort could wait for ever."""
+        return node.address
 
     def forget_node(self, node: Node) -> None:
         """The node left its pool: its processes end (as its VM goes) and its files go.
@@ -797,10 +802,11 @@ class NodeAgent:
             except FileNotFoundError:
                 failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
         # The primary's end ends the task: stop whatever the coordination commands left running.
-        if self._forget(task.key):
-            return
-        with self._lock:
+        with self._lock:  # (not _forget: it would drop the groups this has to end)
             leftovers = self._procs.pop(task.key, [])
+            killed = self._killed.pop(task.key, None)
+        if killed:
+            return  # killed on purpose: whoever killed it ended the groups and recorded the outcome
         _terminate_groups(leftovers)
         task_dir = primary.layout.task_dir(job.id, task.id)
         for node in nodes:

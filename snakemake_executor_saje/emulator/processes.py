@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-NODE_ROOT_VARIABLE = b"AZ_BATCH_NODE_ROOT_DIR="
+NODE_ROOT_VARIABLE = "AZ_BATCH_NODE_ROOT_DIR"
 GRACE_SECONDS = 3.0
 _PROC = Path("/proc")
 
@@ -85,18 +85,29 @@ def _pids() -> list[int]:
 
 
 def descendants(pid: int) -> list[int]:
-    """Live processes (zombies left out) below `pid` in the process tree."""
+    """Live processes below `pid` in the process tree (zombies are walked through, not listed)."""
     children: dict[int, list[int]] = {}
+    zombies = set()
     for other in _pids():
         stat = _stat(other)
-        if stat is not None and stat.state != "Z":
+        if stat is not None:
             children.setdefault(stat.ppid, []).append(other)
+            if stat.state == "Z":
+                zombies.add(other)
     found, todo = [], list(children.get(pid, []))
     while todo:
         child = todo.pop()
-        found.append(child)
+        if child not in zombies:
+            found.append(child)
         todo.extend(children.get(child, []))
     return sorted(found)
+
+
+def with_variable(name: str, value: str) -> list[int]:
+    """Live processes (this one left out) whose environment has name=value."""
+    me = os.getpid()
+    return [pid for pid in _pids() if pid != me and environ_value(pid, name) == value
+            and (stat := _stat(pid)) is not None and stat.state != "Z"]
 
 
 def command_line(pid: int) -> str:
@@ -115,16 +126,22 @@ def _exists(pid: int) -> bool:
         return False
 
 
-def node_root_of(pid: int) -> str | None:
-    """AZ_BATCH_NODE_ROOT_DIR of a process, or None (none set, gone, or not ours to read)."""
+def environ_value(pid: int, name: str) -> str | None:
+    """A variable of a process's environment, or None (not set, gone, or not ours to read)."""
     try:
         environ = (_PROC / str(pid) / "environ").read_bytes()
     except OSError:
         return None
+    prefix = name.encode() + b"="
     for entry in environ.split(b"\0"):
-        if entry.startswith(NODE_ROOT_VARIABLE):
-            return entry[len(NODE_ROOT_VARIABLE):].decode(errors="replace")
+        if entry.startswith(prefix):
+            return entry[len(prefix):].decode(errors="replace")
     return None
+
+
+def node_root_of(pid: int) -> str | None:
+    """AZ_BATCH_NODE_ROOT_DIR of a process, or None (none set, gone, or not ours to read)."""
+    return environ_value(pid, NODE_ROOT_VARIABLE)
 
 
 def processes_under(root: Path | str) -> list[int]:

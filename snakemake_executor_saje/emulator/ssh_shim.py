@@ -77,7 +77,9 @@ from pathlib import Path
 
 HOSTS_FILE_NAME = "hosts.json"  # same as layout.hosts_file(); a unit test keeps them equal
 DATA_DIR_FLAG = "--saje-data-dir"
-KILL_GRACE_SECONDS = 5.0
+# Shorter than the agent's grace (agent.KILL_GRACE_SECONDS): a shim that the agent ends with its
+# task must have ended its remote command before the agent's SIGKILL takes the shim itself.
+KILL_GRACE_SECONDS = 2.0
 SSH_PORT = 22
 
 # OpenSSH's options that take an argument (ssh(1) synopsis); every other letter is a flag.
