@@ -249,3 +249,26 @@ def test_a_start_task_failing_on_every_node_fails_the_run_early_with_its_stderr(
         assert not list(workdir.glob("out/*.txt"))
         assert_nothing_left(emu)
         _no_node_processes(emu.config.data_dir)
+
+
+@pytest.mark.timeout(300)
+def test_a_node_whose_start_task_failed_is_replaced_and_the_run_ends_as_a_clean_one(tmp_path, clean_outputs):
+    """The only node of a fixed-size pool fails its start task (every one of its three tries):
+    SAJE takes it out, resizes the pool back, and the new node runs the workflow."""
+    with Emulator(tmp_path / "emu", with_azurite=True, **FAST) as emu:
+        emu.faults.update(start_task_failures=3)  # maxTaskRetryCount 2: the first node's three tries
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SNAKEMAKE_SAJE_", "AZURE", "AZURITE"))}
+        from snakemake_executor_saje.cli import client_environment
+
+        env.update(client_environment(emu))
+        env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)])
+        workdir = write_workflow(tmp_path / "wf", SNAKEFILE, FILES)
+        run = run_snakemake(workdir, env, "--saje-start-task", "echo tools installed", "--saje-nodes", "1",
+                            timeout=240)
+
+        assert run.returncode == 0, run.stdout[-5000:]
+        assert _outputs(workdir) == clean_outputs
+        failed = re.findall(r"the start task failed on node (\S+) of pool", run.stdout)
+        assert len(failed) == 1 and f"node(s) {failed[0]} taken out of pool" in run.stdout
+        assert_nothing_left(emu)
+        _no_node_processes(emu.config.data_dir)
