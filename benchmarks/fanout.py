@@ -51,7 +51,7 @@ def start_emulator(data_dir: Path) -> tuple[subprocess.Popen, dict[str, str]]:
     saje = Path(sys.executable).with_name("saje")
     proc = subprocess.Popen(
         [str(saje), "emulator", "start", "--with-azurite", "--data-dir", str(data_dir),
-         "--node-boot-seconds", "0.2", "--autoscale-min-interval", "1"],
+         "--time-scale", "300"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     env: dict[str, str] = {}
     assert proc.stdout is not None
@@ -125,7 +125,7 @@ def run(n: int, max_nodes: int, slots: int, poll: float) -> dict:
                     "--executor", "saje", "--jobs", str(n), "--scheduler", "greedy", "--quiet", "all",
                     "--latency-wait", "5", "--saje-vm-size", "Standard_D2s_v5",
                     "--saje-task-slots-per-node", str(slots), "--saje-max-nodes", str(max_nodes),
-                    "--saje-autoscale-interval", "0.02", "--saje-snakemake-install", "none",
+                    "--saje-autoscale-interval", "5", "--saje-snakemake-install", "none",
                     "--saje-poll-interval", str(poll),
                 ])
                 code = 0

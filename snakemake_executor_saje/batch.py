@@ -9,6 +9,7 @@ TaskExists) counts as done, so no duplicate task runs.
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import logging
 import time
 from dataclasses import dataclass
@@ -62,6 +63,14 @@ def connect(endpoint: str, credential: Any) -> BatchClient:
 
 class BatchSubmitError(Exception):
     """Tasks Batch refused; the message names them with the Batch error codes."""
+
+
+@dataclass(frozen=True)
+class CompletedTasks:
+    """One poll's completed tasks and the service's clock when it listed them (None: not told)."""
+
+    tasks: list[models.BatchTask]
+    service_time: dt.datetime | None
 
 
 @dataclass(frozen=True)
@@ -216,12 +225,24 @@ class BatchGateway:
                      f"{(r.error.message.value if r.error and r.error.message else '')}".strip() for r in refused]
             raise BatchSubmitError("Azure Batch refused these tasks:\n  " + "\n  ".join(lines)) from None
 
-    def completed_since(self, job_id: str, since: dt.datetime | None) -> list[models.BatchTask]:
-        """Tasks that completed at or after `since`: one filtered, paged list call per poll."""
+    def completed_since(self, job_id: str, since: dt.datetime | None) -> CompletedTasks:
+        """Tasks that completed at or after `since`: one filtered, paged list call per poll.
+
+        `since` is a time on the service's clock, which need not be the caller's (clock skew; a
+        time-scaled emulator runs hours ahead): the answer carries the service's time when the
+        listing began (the first page's Date header), from which the next poll's `since` is taken.
+        """
         flt = "state eq 'completed'"
         if since is not None:
             flt += f" and stateTransitionTime ge DateTime'{since.astimezone(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}'"
-        return list(self.client.list_tasks(job_id, filter=flt, select=POLL_FIELDS))
+        dates: list[str] = []
+
+        def first_date(pipeline_response: Any) -> None:
+            if not dates:
+                dates.append(pipeline_response.http_response.headers.get("Date") or "")
+
+        tasks = list(self.client.list_tasks(job_id, filter=flt, select=POLL_FIELDS, raw_response_hook=first_date))
+        return CompletedTasks(tasks, _http_date(dates[0]) if dates else None)
 
     def task_counts(self, job_id: str) -> models.BatchTaskCounts:
         """The job's tasks by state (active, running, completed, succeeded, failed): one call."""
@@ -239,6 +260,14 @@ class BatchGateway:
 
 def _items(metadata: dict[str, str] | None) -> list[models.BatchMetadataItem]:
     return [models.BatchMetadataItem(name=k, value=v) for k, v in (metadata or {}).items()]
+
+
+def _http_date(text: str) -> dt.datetime | None:
+    """An RFC 1123 Date header as an aware datetime; None when absent or malformed."""
+    try:
+        return email.utils.parsedate_to_datetime(text) if text else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _save(download, target: Path) -> bool:

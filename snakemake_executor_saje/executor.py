@@ -32,10 +32,13 @@ from .observer import RunObserver, peak_memory_mb
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .poolwatch import PoolWatch, StartTaskFailure
-from .settings import AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES
 from .staging import Staging, node_path, under
 
 LOG_DIR = Path(".snakemake") / "saje_logs"
+# A task that completed just before a listing may show up only in the next one (listings are
+# eventually consistent), so each poll reaches back this far before the previous one, on the
+# service's clock.
+COMPLETION_MARGIN = dt.timedelta(seconds=30)
 POOL_CHECK_SECONDS = 20.0
 DOWNLOAD_CONCURRENCY = 8
 # The node check (node_check.py) and, for jobs with very many files, its expectations, on the node.
@@ -72,7 +75,6 @@ class Executor(RemoteExecutor):
         except credentials.CredentialsError as exc:
             raise WorkflowError(f"SAJE cannot reach Azure Batch: {exc}") from None
         self.batch = BatchGateway(batch_connect(endpoint, credential))
-        self.emulated = _is_loopback(endpoint)
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.tag = runs.RunTag.current(self.run_id, dt.timedelta(minutes=float(self.settings.heartbeat_interval)))
         self.heartbeat = runs.Heartbeat(float(self.settings.heartbeat_interval) * 60, self._beat)
@@ -82,7 +84,9 @@ class Executor(RemoteExecutor):
         self.source_files: list = []
         self.shipped_sources: frozenset[str] = frozenset()  # what the source archive holds
         self.node_check_file = None
-        self.last_poll: dt.datetime | None = None
+        # Batch job id -> the service's clock at the last successful poll (its Date header): the
+        # next poll lists tasks completed since then, less COMPLETION_MARGIN, on the service's clock.
+        self.polled_at: dict[str, dt.datetime] = {}
         self.last_pool_check = 0.0
         self.uses_default_storage = bool(self.workflow.storage_settings.default_storage_provider)
         self.next_seconds_between_status_checks = float(self.settings.poll_interval)
@@ -100,7 +104,7 @@ class Executor(RemoteExecutor):
             self.logger.info("SAJE: snakemake-storage-plugin-azure <= 0.4.4 takes directory() outputs for missing; "
                              "SAJE corrects its exists() for this run, here and on the nodes.")
         self.observer = RunObserver(self.run_id, LOG_DIR / self.run_id, self.logger, endpoint=endpoint,
-                                    emulated=self.emulated, progress_interval=self.settings.progress_interval)
+                                    emulated=_is_loopback(endpoint), progress_interval=self.settings.progress_interval)
         self._check_account(endpoint, credential)
 
     def _check_account(self, endpoint: str, credential) -> None:
@@ -117,8 +121,7 @@ class Executor(RemoteExecutor):
         facts = None
         if wants_spot:
             facts = allocation.account_facts(endpoint, self.settings, credential.named_key.name if shared_key else None)
-        for finding in allocation.check(facts, wants_spot=wants_spot and (facts is not None or not self.emulated),
-                                        subnet=subnet, shared_key=shared_key):
+        for finding in allocation.check(facts, wants_spot=wants_spot, subnet=subnet, shared_key=shared_key):
             if finding.level == "error":
                 raise WorkflowError(f"SAJE cannot run this workflow: {finding.message}")
             self.logger.warning(f"SAJE: {finding.message}")
@@ -347,7 +350,6 @@ class Executor(RemoteExecutor):
             make_spec = lambda files: pools.pool_spec(  # noqa: E731
                 pool_class, self.settings, self.run_id, snakemake_version=version, pip_packages=self._node_packages(),
                 instances_per_task=mapping.plan_mpi(spec, shape, self.settings.mpi_flavor).nodes if mapping.is_mpi(spec) else 1,
-                min_autoscale_interval=0.0 if self.emulated else AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES,
                 start_task_files=files,
                 tags=self.tag.metadata(),
             )
@@ -450,21 +452,26 @@ class Executor(RemoteExecutor):
             # Nothing to ask Batch. Also the first call, which Snakemake's status thread can make
             # before RemoteExecutor.__init__ has set status_rate_limiter (and before __post_init__).
             return
-        poll_started = dt.datetime.now(dt.timezone.utc)
         completed: dict[str, object] = {}
+        polled: dict[str, dt.datetime | None] = {}
         async with self.status_rate_limiter:
             for job_id in {j.aux["batch_job"] for j in active_jobs}:
                 try:
-                    since = self.last_poll - dt.timedelta(seconds=30) if self.last_poll else None
-                    for task in self.batch.completed_since(job_id, since):
-                        completed[task.id] = task
+                    since = self.polled_at.get(job_id)
+                    answer = self.batch.completed_since(job_id, since - COMPLETION_MARGIN if since else None)
                 except AzureError as exc:  # a refused connection too: the service may be restarting
                     why = describe_http_error(exc) if isinstance(exc, HttpResponseError) else str(exc).splitlines()[0]
                     self.logger.warning(f"SAJE: status query failed ({why}); retrying next poll.")
                     for info in active_jobs:
                         yield info
                     return
-        self.last_poll = poll_started
+                completed.update((task.id, task) for task in answer.tasks)
+                polled[job_id] = answer.service_time
+        for job_id, service_time in polled.items():
+            if service_time is None:  # no Date header: list every completed task next time
+                self.polled_at.pop(job_id, None)
+            else:
+                self.polled_at[job_id] = service_time
         stuck = self._check_pools({info.aux["batch_job"] for info in active_jobs})
         self.observer.observe(self.batch)
         finished = []
@@ -758,6 +765,8 @@ def _usable(counts) -> int:
 
 
 def _is_loopback(endpoint: str) -> bool:
+    """A local endpoint: only labels the run's record and hints ("local emulator"); never changes
+    a request, which is the one Azure would get."""
     host = re.sub(r"^\w+://", "", endpoint).split("/")[0].rsplit(":", 1)[0]
     return host in ("localhost", "[::1]") or host.startswith("127.")
 

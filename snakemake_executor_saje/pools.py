@@ -430,7 +430,6 @@ def pool_spec(
     pip_packages: Sequence[str] = (),
     tasks_per_node: int | None = None,
     instances_per_task: int = 1,
-    min_autoscale_interval: float = 5.0,
     pool_id: str | None = None,
     fixed_nodes: int | None = None,
     start_task_files: Sequence[models.ResourceFile] = (),
@@ -442,8 +441,8 @@ def pool_spec(
     ``--saje-snakemake-install pip`` (with ``pip_packages``, e.g. storage
     plugins). ``tasks_per_node`` (HTC; default: all slots, i.e. one slot per
     task) and ``instances_per_task`` (MPI: nodes of the largest queued MPI job)
-    feed the default autoscale formula. ``min_autoscale_interval`` is Azure's
-    5 minutes; the emulator's caller passes less. ``pool_id`` names the pool
+    feed the default autoscale formula (its interval is checked against Azure's
+    range by the caller's settings). ``pool_id`` names the pool
     instead of deriving the id from the run and class, and ``fixed_nodes``
     asks for that many nodes (spot when the class is) with no autoscale, MPI
     classes included: both for pools a user creates by hand (``saje pool
@@ -489,11 +488,6 @@ def pool_spec(
         }
     else:
         interval = float(settings.autoscale_interval)
-        if interval < min_autoscale_interval:
-            raise PoolSpecError(
-                f"--saje-autoscale-interval {interval:g} minutes is below Azure Batch's"
-                f" minimum of {min_autoscale_interval:g}."
-            )
         min_nodes = 0 if pool_class.mpi else int(settings.min_nodes)
         if settings.autoscale_formula:
             formula = (

@@ -29,16 +29,30 @@ __all__ = [
     "MPI_FLAVORS",
     "SNAKEMAKE_INSTALL_MODES",
     "CONTAINER_TYPES",
-    "AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES",
+    "AZURE_AUTOSCALE_INTERVAL_MINUTES",
+    "autoscale_interval_problem",
 ]
 
 DEFAULT_CREDENTIALS_FILE = Path("~/.azure/saje.json")
 MPI_FLAVORS = ("auto", "openmpi", "mpich", "intelmpi")
 SNAKEMAKE_INSTALL_MODES = ("pip", "container", "none")
 CONTAINER_TYPES = ("dockerCompatible", "criCompatible")
-# Azure Batch rejects an autoscale evaluation interval under 5 minutes; the
-# emulator accepts shorter ones so that tests can watch a pool grow and shrink.
-AZURE_MIN_AUTOSCALE_INTERVAL_MINUTES = 5.0
+# Azure Batch refuses an autoscale evaluation interval outside 5 minutes to 168
+# hours (REST reference, autoScaleEvaluationInterval), and so does the emulator:
+# local runs are quick because the emulator's clock runs faster, not because
+# SAJE sends it values Azure would refuse.
+AZURE_AUTOSCALE_INTERVAL_MINUTES = (5.0, 168 * 60.0)
+
+
+def autoscale_interval_problem(minutes: float, flag: str) -> Optional[str]:
+    """Why `minutes` cannot be an autoscale evaluation interval on Azure Batch, or None."""
+    low, high = AZURE_AUTOSCALE_INTERVAL_MINUTES
+    if low <= minutes <= high:
+        return None
+    return (
+        f"{flag} must be between {low:g} minutes and {high / 60:g} hours (Azure Batch's"
+        f" range), got {minutes:g} minutes"
+    )
 # The run-wide safety net: generous enough for any real run, finite so nothing runs for ever.
 JOB_MAX_WALL_CLOCK_MINUTES = 7 * 24 * 60
 
@@ -189,8 +203,9 @@ class ExecutorSettings(ExecutorSettingsBase):
     autoscale_interval: float = field(
         default=5.0,
         metadata=_help(
-            "Autoscale evaluation interval in minutes (Azure's minimum is 5; the"
-            " emulator accepts less)."
+            "Autoscale evaluation interval in minutes, 5 to 10080 (168 hours) as on"
+            " Azure Batch; the emulator enforces the same range and runs its clock"
+            " faster instead (saje emulator start --time-scale)."
         ),
     )
     spot: bool = field(
@@ -412,8 +427,9 @@ class ExecutorSettings(ExecutorSettingsBase):
                 f"--saje-max-nodes ({self.max_nodes}) is below --saje-min-nodes"
                 f" ({self.min_nodes})"
             )
-        if self.autoscale_interval <= 0:
-            yield f"--saje-autoscale-interval must be > 0 minutes, got {self.autoscale_interval}"
+        interval = autoscale_interval_problem(self.autoscale_interval, "--saje-autoscale-interval")
+        if interval:
+            yield interval
         if self.task_slots_per_node is not None and self.task_slots_per_node < 1:
             yield f"--saje-task-slots-per-node must be >= 1, got {self.task_slots_per_node}"
         if self.task_retries < -1:

@@ -1,7 +1,9 @@
 """`saje emulator start|run`: the local Azure Batch emulator as a command.
 
-    saje emulator start [--port N] [--data-dir DIR] [--nodes N] [--with-azurite] ...
-        Run a local Batch account in the foreground until Ctrl-C / SIGTERM.
+    saje emulator start [--port N] [--data-dir DIR] [--nodes N] [--with-azurite] [--time-scale N] ...
+        Run a local Batch account in the foreground until Ctrl-C / SIGTERM. Its clock runs
+        --time-scale times faster than real time (default 60), so Azure's own durations
+        (5-minute autoscale interval, node boot) keep a local run quick.
     saje emulator run [options] -- COMMAND...
         Start the emulator (with Azurite), run COMMAND with the environment pointing at it,
         stop everything afterwards; exit with COMMAND's exit code.
@@ -21,7 +23,6 @@ import signal
 import subprocess
 import sys
 import threading
-from datetime import timedelta
 from pathlib import Path
 
 import json
@@ -31,6 +32,9 @@ from .common import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CliError, 
 
 STATE_FILE = "emulator.json"
 DEFAULT_DATA_DIR = Path(".saje") / "emulator"
+# The local profiles keep Azure's values (a 5-minute autoscale interval); at 60x that interval
+# passes in 5 s and a node boots in about 2 s, which keeps a local run as quick as a real one is slow.
+DEFAULT_TIME_SCALE = 60.0
 
 
 def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,9 +49,19 @@ def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML catalogue of VM sizes to use instead of the bundled one")
     parser.add_argument("--with-azurite", action="store_true", help="also start Azurite (blob storage)")
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a generated certificate (bearer tokens)")
-    parser.add_argument("--node-boot-seconds", type=float, default=1.0, help="time a node takes to boot")
-    parser.add_argument("--autoscale-min-interval", type=float, default=5.0,
-                        help="smallest autoscale evaluation interval accepted, in seconds (Azure: 300)")
+    parser.add_argument("--time-scale", type=_positive, default=DEFAULT_TIME_SCALE, metavar="N",
+                        help="run the service's clock N times faster than real time: Azure's 5-minute autoscale "
+                             "interval, node boot and resize timeouts pass N times faster; task processes run in "
+                             f"real time (default {DEFAULT_TIME_SCALE:g}; 1: Azure's own pace)")
+    parser.add_argument("--node-boot-seconds", type=float, default=None,
+                        help="service seconds a node spends in 'creating' and in 'starting' (default 60)")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def _make_emulator(args: argparse.Namespace, with_azurite: bool):
@@ -56,11 +70,10 @@ def _make_emulator(args: argparse.Namespace, with_azurite: bool):
     from .. import statedir
 
     data_dir = statedir.ensure(args.data_dir or DEFAULT_DATA_DIR)
+    optional = {"node_boot_seconds": args.node_boot_seconds} if args.node_boot_seconds is not None else {}
     return Emulator(
         data_dir, with_azurite=with_azurite, host=args.host, port=args.port, account_name=args.account_name,
-        tls=args.tls, node_boot_seconds=args.node_boot_seconds, vm_size_catalogue=args.vm_size_catalogue,
-        autoscale_min_interval=timedelta(seconds=args.autoscale_min_interval),
-        autoscale_sample_interval=timedelta(seconds=min(30.0, max(0.5, args.autoscale_min_interval / 4))),
+        tls=args.tls, vm_size_catalogue=args.vm_size_catalogue, time_scale=args.time_scale, **optional,
     )
 
 
@@ -111,6 +124,7 @@ def emulator_start(args: argparse.Namespace) -> int:
             _create_fixed_pool(emulator, args.nodes)
         print(f"Azure Batch emulator listening on {emulator.endpoint}")
         print(f"  account name: {emulator.account_name}")
+        print(f"  time scale:   {emulator.config.time_scale:g}x (service time runs this much faster; tasks run in real time)")
         print(f"  account key:  {emulator.account_key}")
         if emulator.azurite is not None:
             print(f"  Azurite blob: {emulator.azurite.blob_endpoint}")
@@ -168,6 +182,8 @@ def emulator_status(ctx: Context) -> int:
     if state.get("azuriteBlobEndpoint"):
         ctx.out.print(f"  Azurite blob: {state['azuriteBlobEndpoint']}")
     ctx.out.print(f"  data: {state['dataDir']}")
+    if state.get("timeScale"):
+        ctx.out.print(f"  time scale: {state['timeScale']:g}x")
     return EXIT_OK
 
 

@@ -105,6 +105,12 @@ def check_create_args(args: argparse.Namespace) -> None:
         usage(f"MPI pools have one task slot per node (inter-node communication); got --slots {args.slots}")
     if args.slots is not None and args.slots < 1:
         usage(f"--slots must be >= 1, got {args.slots}")
+    if args.autoscale:
+        from ..settings import autoscale_interval_problem
+
+        problem = autoscale_interval_problem(args.autoscale_interval, "--autoscale-interval")
+        if problem:
+            usage(problem)
     if not 0 < args.timeout:
         usage(f"--timeout must be > 0 minutes, got {args.timeout}")
 
@@ -131,7 +137,6 @@ def build_pool(args: argparse.Namespace):
     spec = pools.pool_spec(
         pool_class, settings, args.pool_id, snakemake_version=version, pool_id=args.pool_id,
         fixed_nodes=None if args.autoscale else (1 if args.nodes is None else args.nodes),
-        min_autoscale_interval=0.0,  # Batch itself refuses intervals under its minimum (5 minutes)
     )
     return spec
 
@@ -306,7 +311,7 @@ def register(commands: argparse._SubParsersAction, parents: list[argparse.Argume
     p.add_argument("--formula", help="your own autoscale formula ({min_nodes}, {max_nodes},"
                                      " {slots_per_node} are substituted)")
     p.add_argument("--autoscale-interval", type=float, default=5.0, metavar="MINUTES",
-                   help="autoscale evaluation interval (Azure's minimum: 5)")
+                   help="autoscale evaluation interval, 5 to 10080 (Azure Batch's range; default 5)")
     p.add_argument("--slots", type=int, help="task slots per node (default: the size's vCPUs; MPI: 1)")
     p.add_argument("--mpi", action="store_true",
                    help="MPI pool: inter-node communication, one slot per node, RDMA size by default")

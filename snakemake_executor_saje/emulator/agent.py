@@ -35,8 +35,8 @@ from . import blobio, containers, mounts, processes, ssh_shim
 from .datadir import PRIVATE_UMASK, make_private_dir
 from .layout import NodeLayout
 from .model import Job, Node, Task
-from .state import BatchState, _set_state
-from .timeutil import iso_now, parse_duration
+from .state import BatchState
+from .timeutil import parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -521,7 +521,7 @@ class NodeAgent:
             attempt += 1
         with self.state.lock:
             info = node.rest.setdefault("startTaskInfo", {})
-            info.update(state="completed", endTime=iso_now(), retryCount=attempt)
+            info.update(state="completed", endTime=self.state.clock.iso_now(), retryCount=attempt)
             if exit_code is not None:
                 info["exitCode"] = exit_code
             ok = failure is None and exit_code == 0
@@ -530,7 +530,7 @@ class NodeAgent:
                 f = failure or Failure("usererror", "FailureExitCode", "The task exited with an exit code representing a failure")
                 info["failureInfo"] = f.as_info()
             if node.state == "waitingforstarttask":
-                _set_state(node.rest, "idle" if ok else "starttaskfailed", model="BatchNode")
+                self.state.set_state(node.rest, "idle" if ok else "starttaskfailed", model="BatchNode")
             self.state.save_node(node)
             self.state.notify()
 
@@ -548,6 +548,8 @@ class NodeAgent:
             return self.state.jobs.get(task.job_id), dict(task.rest)
 
     def _deadline(self, rest: dict[str, Any]) -> float | None:
+        """When maxWallClockTime ends, in real time: the limit bounds the task's process, which runs
+        in real time whatever the service's time scale (clock.py)."""
         limit = parse_duration(rest["constraints"].get("maxWallClockTime") or "P10675199D")
         return None if limit.days > 365 * 100 else time.monotonic() + limit.total_seconds()
 
@@ -563,7 +565,7 @@ class NodeAgent:
         task_dir = node.layout.task_dir(job.id, prep["id"])
         key = f"prep/{job.id}/{node.id}"
         env = self.task_environment(node, job, prep, task_dir)
-        started = iso_now()
+        started = self.state.clock.iso_now()
         exit_code, failure = None, None
         try:
             blobio.download_resource_files(prep.get("resourceFiles") or [], task_dir / "wd", auto_storage=self.auto_storage())
@@ -580,7 +582,7 @@ class NodeAgent:
         ok = failure is None and exit_code == 0
         with self.state.lock:
             node.prepared_jobs[job.id] = "succeeded" if ok or not prep.get("waitForSuccess", True) else "failed"
-            record = {"state": "completed", "startTime": started, "endTime": iso_now(), "taskRootDirectory": str(task_dir),
+            record = {"state": "completed", "startTime": started, "endTime": self.state.clock.iso_now(), "taskRootDirectory": str(task_dir),
                       "result": "success" if ok else "failure", "retryCount": 0}
             if exit_code is not None:
                 record["exitCode"] = exit_code
@@ -602,7 +604,7 @@ class NodeAgent:
         def run(node: Node) -> None:
             task_dir = node.layout.task_dir(job.id, release["id"])
             key = f"release/{job.id}/{node.id}"
-            started, exit_code, failure = iso_now(), None, None
+            started, exit_code, failure = self.state.clock.iso_now(), None, None
             try:
                 blobio.download_resource_files(release.get("resourceFiles") or [], task_dir / "wd",
                                                auto_storage=self.auto_storage())
@@ -620,7 +622,7 @@ class NodeAgent:
             except FileNotFoundError:
                 failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
             self._forget(key)
-            record = {"state": "completed", "startTime": started, "endTime": iso_now(),
+            record = {"state": "completed", "startTime": started, "endTime": self.state.clock.iso_now(),
                       "taskRootDirectory": str(task_dir), "taskRootDirectoryUrl": f"{node.rest['url']}/files/workitems/{job.id}/job-1/{release['id']}",
                       "result": "success" if failure is None and exit_code == 0 else "failure"}
             if exit_code is not None:
@@ -647,7 +649,7 @@ class NodeAgent:
             with self.state.lock:
                 if task.attempt == attempt and task.state == "preparing":
                     self.state._release_nodes(task)
-                    _set_state(task.rest, "active", model="BatchTask")
+                    self.state.set_state(task.rest, "active", model="BatchTask")
                     job.pending.appendleft(task.id)
                     self.state.notify()
             return
@@ -782,7 +784,7 @@ class NodeAgent:
                 failure = Failure("usererror", "CommandProgramNotFound", "The specified command program is not found")
             for index, proc in enumerate(procs):
                 code = self._wait(task.key, proc, deadline)
-                results[index] = {"exitCode": code, "endTime": iso_now()}
+                results[index] = {"exitCode": code, "endTime": self.state.clock.iso_now()}
                 if code != 0 and failure is None:
                     node = nodes[index]
                     failure = Failure("usererror", "FailureExitCode",
@@ -815,7 +817,7 @@ class NodeAgent:
         subtask_results = []
         for index in range(1, len(nodes)):
             result = results[index] or {}
-            record = {"state": "completed", "endTime": result.get("endTime", iso_now())}
+            record = {"state": "completed", "endTime": result.get("endTime", self.state.clock.iso_now())}
             code = result.get("exitCode")
             if code is not None:
                 record["exitCode"] = code

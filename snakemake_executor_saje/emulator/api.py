@@ -142,7 +142,7 @@ class BatchApi:
                 json.dumps(rest, sort_keys=True).encode()).hexdigest()[:13].upper()
         if "Last-Modified" in wanted:
             moment = rest.get("lastModified") or rest.get("stateTransitionTime")
-            response.headers["Last-Modified"] = rfc1123(parse_iso(moment) if moment else utcnow())
+            response.headers["Last-Modified"] = rfc1123(parse_iso(moment) if moment else self.state.clock.now())
         if "DataServiceId" in wanted:
             response.headers["DataServiceId"] = rest["url"]
 
@@ -478,9 +478,7 @@ class BatchApi:
                         self.state.requeue(task, reason="job disabled")
                     else:
                         self.state.terminate_task(job, task.id)
-            from .state import _set_state
-
-            _set_state(j.rest, "disabled", model="BatchJob")
+            self.state.set_state(j.rest, "disabled", model="BatchJob")
             self.state.save_job(j)
             return self._accepted(j.rest)
 
@@ -489,9 +487,7 @@ class BatchApi:
             j = self.state.job(job)
             if j.state not in ("disabled", "disabling"):
                 raise errors.conflict("JobNotDisabled", "The specified job is not in a disabled state.")
-            from .state import _set_state
-
-            _set_state(j.rest, "active", model="BatchJob")
+            self.state.set_state(j.rest, "active", model="BatchJob")
             self.state.save_job(j)
             self.state.notify()
             return self._accepted(j.rest)

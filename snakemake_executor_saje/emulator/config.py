@@ -1,10 +1,11 @@
-"""The emulator's knobs. Defaults are the real service's; tests shorten the slow ones."""
+"""The emulator's knobs. Durations are the service's own, in service seconds (see clock.py):
+defaults are Azure-like, and `time_scale` makes them pass faster instead of shortening them."""
 from __future__ import annotations
 
 import base64
 import os
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 
@@ -24,12 +25,17 @@ class EmulatorConfig:
     port: int = 0  # 0: the port the data dir served on before, else a free one the OS picks
     tls: bool = False  # HTTPS with a generated self-signed certificate (bearer tokens need it)
     persist: bool = True  # SQLite under data_dir; False keeps state in memory only
-    # Seconds a node spends in 'creating' and in 'starting' before it can run its start task.
-    node_boot_seconds: float = 1.0
-    # Seconds a deleted pool stays visible in state 'deleting' (real deletions take minutes).
-    pool_delete_seconds: float = 2.0
-    # Real Batch refuses an autoScaleEvaluationInterval under 5 minutes; tests lower this floor.
-    autoscale_min_interval: timedelta = timedelta(minutes=5)
+    # How many times faster than the host's clock the service's clock runs (clock.py): 60 makes
+    # Azure's 5-minute autoscale interval pass in 5 s. Task processes always run in real time.
+    time_scale: float = 1.0
+    # The service clock's reading at start (default: the host's clock). Another time emulates a
+    # service whose clock is skewed against its clients' (clients must never rely on agreement).
+    clock_start: datetime | None = None
+    # Service seconds a node spends in 'creating' and in 'starting' before it can run its start
+    # task (an Azure node takes a few minutes from allocation to idle).
+    node_boot_seconds: float = 60.0
+    # Service seconds a deleted pool stays visible in state 'deleting' (Azure: minutes).
+    pool_delete_seconds: float = 60.0
     # How often the pool metrics ($PendingTasks, ...) are sampled for autoscale formulas.
     autoscale_sample_interval: timedelta = timedelta(seconds=30)
     # Dedicated and Spot core quotas of the account (real defaults vary by region and subscription).

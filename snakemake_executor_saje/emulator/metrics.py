@@ -5,12 +5,10 @@ kept here, like the service's 25-minute window (older samples are dropped).
 """
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import autoscale
-from .timeutil import utcnow
 
 if TYPE_CHECKING:
     from .model import Pool
@@ -50,13 +48,13 @@ def instantaneous(state: "BatchState", pool: "Pool") -> dict[str, float]:
 
 
 def record_sample(state: "BatchState", pool: "Pool") -> None:
-    now = utcnow()
+    now = state.clock.now()
     for name, value in instantaneous(state, pool).items():
         history = pool.samples.setdefault(name, [])
         history.append(autoscale.Sample(now, float(value)))
         while history and now - history[0].time > HISTORY:
             history.pop(0)
-    pool.last_sample = time.monotonic()
+    pool.last_sample = state.clock.monotonic()
 
 
 def pool_metrics(state: "BatchState", pool: "Pool") -> tuple[dict[str, list[Any]], dict[str, float]]:

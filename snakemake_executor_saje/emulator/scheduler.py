@@ -1,6 +1,8 @@
-"""The service's clock: boots and removes nodes, runs autoscale, and puts active tasks on free slots.
+"""The service's heartbeat: boots and removes nodes, runs autoscale, and puts active tasks on free slots.
 
-One background thread ticks every `scheduler_tick_seconds` (and wakes early when state changes).
+One background thread ticks every `scheduler_tick_seconds` of real time (and wakes early when state
+changes); the durations it enforces (node boot, autoscale interval and sampling, resize timeout,
+pool deletion) are measured on the service's clock, `state.clock`, which a time scale speeds up.
 Each tick takes the state lock briefly; processes are started by the agent outside the lock.
 """
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import TYPE_CHECKING
 from . import metrics
 from .layout import NodeLayout, node_root
 from .model import Node, Pool, Task
-from .state import BatchState, _set_state, _touch
-from .timeutil import iso_now, parse_duration
+from .state import BatchState
+from .timeutil import parse_duration
 
 if TYPE_CHECKING:
     from .agent import NodeAgent
@@ -75,7 +77,7 @@ class Scheduler:
         for node in list(pool.nodes.values()):
             if not node.running:
                 self._remove_node(pool, node)
-        if pool.deleting_since and time.monotonic() - pool.deleting_since < self.config.pool_delete_seconds:
+        if pool.deleting_since and self.state.clock.monotonic() - pool.deleting_since < self.config.pool_delete_seconds:
             return  # still 'deleting': a new pool with this id is refused with PoolBeingDeleted meanwhile
         if not pool.nodes:
             self.state.pools.pop(pool.id, None)
@@ -83,7 +85,7 @@ class Scheduler:
             self.state.store.delete_prefix("node", f"{pool.id}/")
 
     def _autoscale(self, pool: Pool) -> None:
-        now = time.monotonic()
+        now = self.state.clock.monotonic()
         if now - pool.last_sample >= self.config.autoscale_sample_interval.total_seconds():
             metrics.record_sample(self.state, pool)
         if pool.rest.get("enableAutoScale") and now >= pool.next_autoscale:
@@ -118,10 +120,10 @@ class Scheduler:
         dedicated, low = self.state._node_counts(pool)
         if (dedicated, low) == (target[True], target[False]) or pool.rest.get("resizeErrors"):
             if not any(n.removing for n in pool.nodes.values()):
-                _set_state(pool.rest, "steady", key="allocationState", model="BatchPool")
-        elif time.monotonic() - pool.resize_started > parse_duration(pool.rest.get("resizeTimeout", "PT15M")).total_seconds():
+                self.state.set_state(pool.rest, "steady", key="allocationState", model="BatchPool")
+        elif self.state.clock.monotonic() - pool.resize_started > parse_duration(pool.rest.get("resizeTimeout", "PT15M")).total_seconds():
             self._resize_error(pool, "AllocationTimedout", "Desired number of dedicated nodes could not be allocated within the resize timeout.")
-            _set_state(pool.rest, "steady", key="allocationState", model="BatchPool")
+            self.state.set_state(pool.rest, "steady", key="allocationState", model="BatchPool")
         pool.rest["currentDedicatedNodes"], pool.rest["currentLowPriorityNodes"] = dedicated, low
         self.state.save_pool(pool)
 
@@ -137,7 +139,7 @@ class Scheduler:
         errors = pool.rest.setdefault("resizeErrors", [])
         if not any(e["code"] == code for e in errors):
             errors.append({"code": code, "message": message})
-            _touch(pool.rest)
+            self.state.touch(pool.rest)
 
     def _next_address(self) -> str:
         while True:
@@ -171,7 +173,7 @@ class Scheduler:
         pool.node_serial += 1
         digest = hashlib.sha256(f"{pool.id}/{pool.node_serial}/{time.time_ns()}".encode()).hexdigest()
         node_id = f"tvmps_{digest}_{'d' if dedicated else 'p'}"
-        now = iso_now()
+        now = self.state.clock.iso_now()
         address = self._next_address()
         root = node_root(self.config.data_dir, pool.id, node_id)
         rest = {
@@ -186,7 +188,7 @@ class Scheduler:
         if pool.rest.get("startTask"):
             rest["startTask"] = pool.rest["startTask"]
         node = Node(rest, pool.id, address, str(root), dedicated)
-        node.ready_at = time.monotonic() + self.config.node_boot_seconds
+        node.ready_at = self.state.clock.monotonic() + self.config.node_boot_seconds
         pool.nodes[node_id] = node
         self.state.save_node(node)
         return node
@@ -203,22 +205,22 @@ class Scheduler:
         lasting the configured boot time. Returns the booted nodes the agent prepares next: a node
         whose pool mounts file systems or pulls container images does that first (still 'starting');
         the others are ready for their start task."""
-        now = time.monotonic()
+        now = self.state.clock.monotonic()
         booted = []
         for node in pool.nodes.values():
             if node.ready_at > now or node.removing:
                 continue
             if node.state == "creating":
-                _set_state(node.rest, "starting", model="BatchNode")
+                self.state.set_state(node.rest, "starting", model="BatchNode")
                 node.ready_at = now + self.config.node_boot_seconds
             elif node.state in ("starting", "rebooting", "reimaging"):
                 NodeLayout(node.layout.root).create()
                 self.agent.register_node(node)
-                node.rest["lastBootTime"] = iso_now()
+                node.rest["lastBootTime"] = self.state.clock.iso_now()
                 node.ready_at = float("inf")
                 if pool.rest.get("mountConfiguration") or \
                         (pool.rest.get("virtualMachineConfiguration") or {}).get("containerConfiguration"):
-                    _set_state(node.rest, "starting", model="BatchNode")
+                    self.state.set_state(node.rest, "starting", model="BatchNode")
                     booted.append(node)
                 elif self.state.node_booted(node, pool):
                     booted.append(node)

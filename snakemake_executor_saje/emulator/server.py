@@ -19,6 +19,7 @@ from typing import Callable
 from . import auth
 from .api import BatchApi
 from .errors import BatchError
+from .timeutil import rfc1123
 from .wire import Headers, Request, Response
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,11 @@ def make_handler(frontend: Frontend, tls: bool) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature fixed by the base class
             log.debug("%s %s", self.address_string(), format % args)
+
+        def date_time_string(self, timestamp=None) -> str:
+            """The Date header is the service's clock (time-scaled or not), as on Azure."""
+            state = frontend.state
+            return rfc1123(state.clock.now()) if state is not None and timestamp is None else super().date_time_string(timestamp)
 
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -127,7 +127,7 @@ class Emulator:
             "azuriteBlobEndpoint": self.azurite.blob_endpoint if self.azurite is not None else None,
             "azurite": processes.ProcessId.of(self.azurite.pid).as_dict() if self.azurite is not None
             and self.azurite.pid else None,
-            "dataDir": str(self.config.data_dir),
+            "dataDir": str(self.config.data_dir), "timeScale": self.config.time_scale,
         }
 
     def _mount_arm(self, frontend: Frontend) -> None:

@@ -11,18 +11,20 @@ import logging
 import re
 import threading
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import catalogue
 from . import errors, mounts, schema
+from .clock import ServiceClock
 from .config import EmulatorConfig
 from .errors import BatchError
 from .faults import FaultPlan
 from .model import Job, Node, Pool, Task
 from .schema import request as request_schema
 from .store import Store
-from .timeutil import UNLIMITED_TEXT, format_duration, iso_now, parse_duration, parse_iso, utcnow
+from .timeutil import UNLIMITED_TEXT, parse_duration, parse_iso
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TASKS_PER_COLLECTION = 100
@@ -30,6 +32,10 @@ MAX_TASKS_PER_COLLECTION = 100
 MAX_COLLECTION_BYTES = 1024 * 1024
 MAX_INTER_NODE_POOL_NODES = 100
 MAX_TASK_SLOTS_PER_NODE = 256
+# "The minimum and maximum value are 5 minutes and 168 hours respectively" (autoScaleEvaluationInterval),
+# "The minimum value is 5 minutes" (resizeTimeout): REST reference, BatchPoolCreateOptions.
+AUTOSCALE_INTERVAL_RANGE = (timedelta(minutes=5), timedelta(hours=168))
+MIN_RESIZE_TIMEOUT = timedelta(minutes=5)
 
 # The failure a task gets when a user (or a job, node or pool action) ends it.
 USER_ENDED = ("usererror", "TaskEnded", "Task Was Ended by User Request")
@@ -40,28 +46,6 @@ TASK_DEFAULT_CONSTRAINTS = {"maxWallClockTime": UNLIMITED_TEXT, "retentionTime":
 def _etag() -> str:
     """A fresh entity tag, bare as the service sends it (spec examples: "eTag": "0x8D4EDFEBFADF4AB")."""
     return f"0x8D{uuid.uuid4().hex[:13].upper()}"
-
-
-def _touch(rest: dict[str, Any]) -> None:
-    rest["eTag"] = _etag()
-    rest["lastModified"] = iso_now()
-
-
-def _set_state(rest: dict[str, Any], state: str, *, key: str = "state", model: str) -> None:
-    """A state change, recorded with what the entity's REST model has: the previous state
-    (jobs, tasks, subtasks) and a new eTag/lastModified (pools, jobs, tasks), not on nodes."""
-    if rest.get(key) == state:
-        return
-    now = iso_now()
-    props = schema.load().models[model]["properties"]
-    if key == "state" and key in rest and "previousState" in props:
-        rest["previousState"] = rest["state"]
-        rest["previousStateTransitionTime"] = rest.get("stateTransitionTime")
-    rest[key] = state
-    # state -> stateTransitionTime, allocationState -> allocationStateTransitionTime
-    rest[f"{key}TransitionTime"] = now
-    if "eTag" in props:
-        _touch(rest)
 
 
 def check_id(value: Any, prop: str = "id") -> str:
@@ -82,13 +66,25 @@ def _require(body: dict[str, Any], *names: str) -> None:
             raise errors.missing_property(name)
 
 
-def _duration_property(name: str, value: Any, *, minimum=None) -> None:
+def _duration_property(name: str, value: Any, *, minimum: timedelta | None = None,
+                       maximum: timedelta | None = None) -> None:
     try:
         parsed = parse_duration(value)
     except (TypeError, ValueError):
         raise errors.invalid_property(name, value, "The value is not a valid ISO 8601 duration.") from None
-    if minimum is not None and parsed < minimum:
-        raise errors.invalid_property(name, value, f"The value must be at least {format_duration(minimum)}.")
+    if minimum is not None and parsed < minimum or maximum is not None and parsed > maximum:
+        bounds = (f"between {_words(minimum)} and {_words(maximum)}" if minimum is not None and maximum is not None
+                  else f"at least {_words(minimum)}" if minimum is not None else f"at most {_words(maximum)}")
+        raise errors.invalid_property(name, value, f"The value must be {bounds}.")
+
+
+def _words(delta: timedelta | None) -> str:
+    """timedelta(minutes=5) -> '5 minutes', timedelta(hours=168) -> '168 hours' (as the REST reference words them)."""
+    seconds = int(delta.total_seconds()) if delta is not None else 0
+    for unit, size in (("hours", 3600), ("minutes", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} seconds"
 
 
 class BatchState:
@@ -105,6 +101,7 @@ class BatchState:
         self.faults = FaultPlan()
         # Request bodies the schema refused (operation, path, code, values): tests assert SAJE's never are.
         self.schema_refusals: list[dict[str, Any]] = []
+        self.clock = ServiceClock(config.time_scale, origin=config.clock_start)
         # `saje emulator start --vm-size FILE`: sizes the account offers instead of the bundled catalogue.
         self._vm_sizes = catalogue.load_vm_sizes(config.vm_size_catalogue) if config.vm_size_catalogue else None
         # Hooks the agent installs: kill a task's processes; forget a node's files.
@@ -125,6 +122,38 @@ class BatchState:
         self.departed_nodes: list[dict[str, Any]] = []
         self._load()
 
+    # ----------------------------------------------------------------- records and time
+    def touch(self, rest: dict[str, Any]) -> None:
+        rest["eTag"] = _etag()
+        rest["lastModified"] = self.clock.iso_now()
+
+    def set_state(self, rest: dict[str, Any], state: str, *, key: str = "state", model: str) -> None:
+        """A state change, recorded with what the entity's REST model has: the previous state
+        (jobs, tasks, subtasks) and a new eTag/lastModified (pools, jobs, tasks), not on nodes."""
+        if rest.get(key) == state:
+            return
+        now = self.clock.iso_now()
+        props = schema.load().models[model]["properties"]
+        if key == "state" and key in rest and "previousState" in props:
+            rest["previousState"] = rest["state"]
+            rest["previousStateTransitionTime"] = rest.get("stateTransitionTime")
+        rest[key] = state
+        # state -> stateTransitionTime, allocationState -> allocationStateTransitionTime
+        rest[f"{key}TransitionTime"] = now
+        if "eTag" in props:
+            self.touch(rest)
+
+    def _resume_clock(self) -> None:
+        """After a restart the service's clock goes on from the latest time it recorded, so no
+        timestamp it hands out is earlier than one it gave before (a time-scaled clock runs ahead)."""
+        records = [p.rest for p in self.pools.values()] + [n.rest for p in self.pools.values() for n in p.nodes.values()]
+        records += [j.rest for j in self.jobs.values()] + [t.rest for j in self.jobs.values() for t in j.tasks.values()]
+        stamps = [rest.get(key) for rest in records for key in ("lastModified", "stateTransitionTime")]
+        stamps += [(p.rest.get("autoScaleRun") or {}).get("timestamp") for p in self.pools.values()]
+        latest = [parse_iso(s) for s in stamps if isinstance(s, str)]
+        if latest:
+            self.clock.not_before(max(latest))
+
     # ----------------------------------------------------------------- persistence
     def _load(self) -> None:
         for _, row in self.store.load("pool"):
@@ -142,6 +171,7 @@ class BatchState:
             job = self.jobs.get(task.job_id)
             if job is not None:
                 job.tasks[task.id] = task
+        self._resume_clock()
         self._recover_after_restart()
 
     def _recover_after_restart(self) -> None:
@@ -150,7 +180,7 @@ class BatchState:
             for node in pool.nodes.values():
                 node.used_slots, node.running, node.reserved_for = 0, set(), None
                 if node.state not in ("leavingpool", "preempted"):
-                    _set_state(node.rest, "starting", model="BatchNode")
+                    self.set_state(node.rest, "starting", model="BatchNode")
                     node.rest["runningTasksCount"] = node.rest["runningTaskSlotsCount"] = 0
                     node.ready_at = 0.0
                     node.prepared_jobs.clear()
@@ -174,7 +204,7 @@ class BatchState:
 
     def node_departed(self, node: Node) -> None:
         """Note that `node` has left its pool (the scheduler calls this as it removes it)."""
-        self.departed_nodes.append(_lifetime(node, iso_now()))
+        self.departed_nodes.append(_lifetime(node, self.clock.iso_now()))
 
     def save_node(self, node: Node) -> None:
         self.store.put("node", f"{node.pool_id}/{node.id}", node.to_row())
@@ -254,7 +284,7 @@ class BatchState:
                 if existing.rest["state"] == "deleting":
                     raise errors.conflict("PoolBeingDeleted", "The specified pool has been marked for deletion and is being reclaimed.")
                 raise errors.exists("Pool")
-            now = iso_now()
+            now = self.clock.iso_now()
             rest = copy.deepcopy(body)
             rest.update({
                 "url": self.url("pools", pool_id), "creationTime": now, "state": "active", "stateTransitionTime": now,
@@ -273,7 +303,7 @@ class BatchState:
             else:
                 rest["targetDedicatedNodes"] = int(body.get("targetDedicatedNodes") or 0)
                 rest["targetLowPriorityNodes"] = int(body.get("targetLowPriorityNodes") or 0)
-            _touch(rest)
+            self.touch(rest)
             pool = Pool(rest)
             self.pools[pool_id] = pool
             if rest["enableAutoScale"]:
@@ -288,16 +318,16 @@ class BatchState:
         idle when its pool has no start task or does not wait for it. True: run the start task."""
         start = pool.rest.get("startTask")
         if start:
-            _set_state(node.rest, "waitingforstarttask" if start.get("waitForSuccess", True) else "idle", model="BatchNode")
-            node.rest["startTaskInfo"] = {"state": "running", "startTime": iso_now(), "retryCount": 0}
+            self.set_state(node.rest, "waitingforstarttask" if start.get("waitForSuccess", True) else "idle", model="BatchNode")
+            node.rest["startTaskInfo"] = {"state": "running", "startTime": self.clock.iso_now(), "retryCount": 0}
         else:
-            _set_state(node.rest, "idle", model="BatchNode")
+            self.set_state(node.rest, "idle", model="BatchNode")
         return bool(start)
 
     def node_unusable(self, node: Node, errors: list[dict[str, Any]]) -> None:
         """A node that cannot take tasks (its container images could not be pulled): 'unusable', with
         its BatchNodeError records."""
-        _set_state(node.rest, "unusable", model="BatchNode")
+        self.set_state(node.rest, "unusable", model="BatchNode")
         node.rest["errors"] = errors
         self.save_node(node)
         self.notify()
@@ -366,8 +396,9 @@ class BatchState:
                 raise BatchError(400, exc.code, exc.message,
                                  [(v["name"], v["value"]) for v in exc.values or []]) from None
             if body.get("autoScaleEvaluationInterval") is not None:
+                low, high = AUTOSCALE_INTERVAL_RANGE
                 _duration_property("autoScaleEvaluationInterval", body["autoScaleEvaluationInterval"],
-                                   minimum=self.config.autoscale_min_interval)
+                                   minimum=low, maximum=high)
         else:
             if body.get("autoScaleFormula"):
                 raise errors.invalid_property("autoScaleFormula", "set", "autoScaleFormula requires enableAutoScale to be true.")
@@ -383,7 +414,7 @@ class BatchState:
                     f"Pools with inter-node communication enabled are limited to {MAX_INTER_NODE_POOL_NODES} nodes.",
                 )
         if body.get("resizeTimeout") is not None:
-            _duration_property("resizeTimeout", body["resizeTimeout"])
+            _duration_property("resizeTimeout", body["resizeTimeout"], minimum=MIN_RESIZE_TIMEOUT)
 
     UPDATABLE_POOL_PROPERTIES = ("startTask", "metadata", "applicationPackageReferences", "targetNodeCommunicationMode")
 
@@ -404,7 +435,7 @@ class BatchState:
                     pool.rest[prop] = body[prop]
                 elif replace:
                     pool.rest.pop(prop, None)
-            _touch(pool.rest)
+            self.touch(pool.rest)
             self.save_pool(pool)
             return pool
 
@@ -417,10 +448,8 @@ class BatchState:
             pool = self.pool(pool_id)
             if pool.rest["state"] == "deleting":
                 return
-            import time
-
-            _set_state(pool.rest, "deleting", model="BatchPool")
-            pool.deleting_since = time.monotonic()
+            self.set_state(pool.rest, "deleting", model="BatchPool")
+            pool.deleting_since = self.clock.monotonic()
             self.save_pool(pool)
             for node in pool.nodes.values():
                 self.evict_node(node, "requeue")
@@ -446,7 +475,7 @@ class BatchState:
                     f"Pools with inter-node communication enabled are limited to {MAX_INTER_NODE_POOL_NODES} nodes.",
                 )
             if body.get("resizeTimeout") is not None:
-                _duration_property("resizeTimeout", body["resizeTimeout"])
+                _duration_property("resizeTimeout", body["resizeTimeout"], minimum=MIN_RESIZE_TIMEOUT)
                 pool.rest["resizeTimeout"] = body["resizeTimeout"]
             pool.rest["targetDedicatedNodes"], pool.rest["targetLowPriorityNodes"] = dedicated, low
             pool.rest["nodeDeallocationOption"] = body.get("nodeDeallocationOption", "requeue")
@@ -456,12 +485,10 @@ class BatchState:
 
     def begin_resize(self, pool: Pool) -> None:
         """Start moving towards the targets; the scheduler adds and removes nodes."""
-        import time
-
         if self._node_counts(pool) != (pool.rest.get("targetDedicatedNodes", 0), pool.rest.get("targetLowPriorityNodes", 0)):
-            _set_state(pool.rest, "resizing", key="allocationState", model="BatchPool")
+            self.set_state(pool.rest, "resizing", key="allocationState", model="BatchPool")
             pool.rest.pop("resizeErrors", None)
-            pool.resize_started = time.monotonic()
+            pool.resize_started = self.clock.monotonic()
 
     def _node_counts(self, pool: Pool) -> tuple[int, int]:
         live = [n for n in pool.nodes.values() if n.removing is None and n.state not in ("leavingpool",)]
@@ -482,7 +509,7 @@ class BatchState:
                 pool.rest["currentDedicatedNodes"], pool.rest["currentLowPriorityNodes"] = dedicated, low
                 # PoolResizeErrorCodes.ResizeStopped: "The user stopped the resize operation."
                 pool.rest["resizeErrors"] = [{"code": "ResizeStopped", "message": "The user stopped the resize operation."}]
-                _set_state(pool.rest, "steady", key="allocationState", model="BatchPool")
+                self.set_state(pool.rest, "steady", key="allocationState", model="BatchPool")
                 self.save_pool(pool)
 
     def remove_nodes(self, pool_id: str, body: dict[str, Any]) -> None:
@@ -490,6 +517,8 @@ class BatchState:
             pool = self.pool(pool_id)
             self._refuse_if_deleting(pool)
             _require(body, "nodeList")
+            if body.get("resizeTimeout") is not None:
+                _duration_property("resizeTimeout", body["resizeTimeout"], minimum=MIN_RESIZE_TIMEOUT)
             if len(body["nodeList"]) > 100:
                 raise errors.invalid_property("nodeList", len(body["nodeList"]), "At most 100 nodes can be removed at once.")
             nodes = []
@@ -503,7 +532,7 @@ class BatchState:
                 self.evict_node(node, option)
                 key = "targetDedicatedNodes" if node.dedicated else "targetLowPriorityNodes"
                 pool.rest[key] = max(0, int(pool.rest.get(key) or 0) - 1)
-            _set_state(pool.rest, "resizing", key="allocationState", model="BatchPool")
+            self.set_state(pool.rest, "resizing", key="allocationState", model="BatchPool")
             self.save_pool(pool)
             self.notify()
 
@@ -522,7 +551,7 @@ class BatchState:
                     self.on_kill(task, "terminate")
                     self.complete_task(task, exit_code=None, failure=USER_ENDED)
         if not node.running:
-            _set_state(node.rest, "leavingpool", model="BatchNode")
+            self.set_state(node.rest, "leavingpool", model="BatchNode")
         self.save_node(node)
 
     def preempt_node(self, pool_id: str, node_id: str) -> None:
@@ -537,7 +566,7 @@ class BatchState:
                 if task is not None:
                     self.requeue(task, reason="preempted")
             node.removing = "preempted"
-            _set_state(node.rest, "preempted", model="BatchNode")
+            self.set_state(node.rest, "preempted", model="BatchNode")
             self.save_node(node)
             pool = self.pools[pool_id]
             self.begin_resize(pool)
@@ -570,7 +599,7 @@ class BatchState:
             dedicated, low = self._node_counts(pool)
             pool.rest.setdefault("targetDedicatedNodes", dedicated)
             pool.rest.setdefault("targetLowPriorityNodes", low)
-            _touch(pool.rest)
+            self.touch(pool.rest)
             self.save_pool(pool)
             return pool
 
@@ -586,20 +615,18 @@ class BatchState:
 
     def _evaluate_autoscale_now(self, pool: Pool) -> None:
         from . import autoscale
-        import time
-
         run = self._autoscale_run(pool, pool.rest["autoScaleFormula"], autoscale, apply=True)
         pool.rest["autoScaleRun"] = run
         interval = parse_duration(pool.rest.get("autoScaleEvaluationInterval", "PT15M"))
-        pool.next_autoscale = time.monotonic() + interval.total_seconds()
+        pool.next_autoscale = self.clock.monotonic() + interval.total_seconds()
 
     def _autoscale_run(self, pool: Pool, formula: str, autoscale, apply: bool = False) -> dict[str, Any]:
         from .metrics import pool_metrics
 
-        now_text = iso_now()
+        now_text = self.clock.iso_now()
         metrics, current = pool_metrics(self, pool)
         try:
-            result = autoscale.evaluate(formula, metrics, current, utcnow(),
+            result = autoscale.evaluate(formula, metrics, current, self.clock.now(),
                                         sample_period=self.config.autoscale_sample_interval)
         except autoscale.AutoscaleError as exc:
             return {"timestamp": now_text, "error": {"code": exc.code, "message": exc.message,
@@ -626,7 +653,7 @@ class BatchState:
                 node.rest["schedulingState"] = "enabled"
             elif action in ("reboot", "reimage"):
                 self._release_node_tasks(node, (body or {}).get("nodeRebootOption") or (body or {}).get("nodeReimageOption") or "requeue")
-                _set_state(node.rest, "rebooting" if action == "reboot" else "reimaging", model="BatchNode")
+                self.set_state(node.rest, "rebooting" if action == "reboot" else "reimaging", model="BatchNode")
                 node.ready_at = 0.0
             self.save_node(node)
             self.notify()
@@ -666,7 +693,7 @@ class BatchState:
                 if existing.state == "deleting":
                     raise errors.conflict("JobBeingDeleted", "The specified job has been marked for deletion and is being garbage collected.")
                 raise errors.exists("Job")
-            now = iso_now()
+            now = self.clock.iso_now()
             rest = copy.deepcopy(body)
             rest.update({
                 "url": self.url("jobs", job_id), "creationTime": now, "state": "active", "stateTransitionTime": now,
@@ -684,7 +711,7 @@ class BatchState:
                 rest["jobPreparationTask"].setdefault("waitForSuccess", True)
             if rest.get("jobReleaseTask"):
                 rest["jobReleaseTask"].setdefault("id", "jobrelease")
-            _touch(rest)
+            self.touch(rest)
             job = Job(rest)
             self.jobs[job_id] = job
             self.save_job(job)
@@ -701,7 +728,7 @@ class BatchState:
                     job.rest[prop] = body[prop]
                 elif replace and prop in ("metadata",):
                     job.rest.pop(prop, None)
-            _touch(job.rest)
+            self.touch(job.rest)
             self.save_job(job)
             self.check_job_completion(job)
             self.notify()
@@ -714,7 +741,7 @@ class BatchState:
                 return
             if job.state == "deleting":
                 raise errors.conflict("JobBeingDeleted", "The specified job has been marked for deletion and is being garbage collected.")
-            _set_state(job.rest, "terminating", model="BatchJob")
+            self.set_state(job.rest, "terminating", model="BatchJob")
             job.rest.setdefault("executionInfo", {})["terminateReason"] = reason
             self._end_all_tasks(job)
             self._finish_terminate(job)
@@ -723,14 +750,17 @@ class BatchState:
         """Terminate every job whose constraints.maxWallClockTime has passed since its creation:
         "the Batch service terminates it and any Tasks that are still running. In this case, the
         termination reason will be MaxWallClockTimeExpiry" (REST reference, JobConstraints)."""
-        now = utcnow()
+        now = self.clock.now()
         for job in list(self.jobs.values()):
             if job.state not in ("active", "disabled", "enabling", "disabling"):
                 continue
             limit = (job.rest.get("constraints") or {}).get("maxWallClockTime")
             if not limit or limit == UNLIMITED_TEXT:
                 continue
-            if parse_iso(job.rest["creationTime"]) + parse_duration(limit) <= now:
+            # A wall clock bounds real work, so it runs in real time whatever the time scale
+            # (clock.py): the service time elapsed since creation, divided by the scale.
+            elapsed = (now - parse_iso(job.rest["creationTime"])).total_seconds()
+            if self.clock.real_seconds(elapsed) >= parse_duration(limit).total_seconds():
                 self.terminate_job(job.id, reason="MaxWallClockTimeExpiry")
 
     def _finish_terminate(self, job: Job) -> None:
@@ -746,8 +776,8 @@ class BatchState:
     def complete_job(self, job: Job) -> None:
         if job.state != "terminating":
             return
-        _set_state(job.rest, "completed", model="BatchJob")
-        job.rest["executionInfo"]["endTime"] = iso_now()
+        self.set_state(job.rest, "completed", model="BatchJob")
+        job.rest["executionInfo"]["endTime"] = self.clock.iso_now()
         self.save_job(job)
         self.notify()
 
@@ -770,7 +800,7 @@ class BatchState:
             job = self.job(job_id)
             if job.state == "deleting":
                 return
-            _set_state(job.rest, "deleting", model="BatchJob")
+            self.set_state(job.rest, "deleting", model="BatchJob")
             self._end_all_tasks(job)
             self.save_job(job)
             self.notify()
@@ -836,7 +866,7 @@ class BatchState:
         return body
 
     def _task_rest(self, job: Job, body: dict[str, Any]) -> dict[str, Any]:
-        now = iso_now()
+        now = self.clock.iso_now()
         rest = copy.deepcopy(body)
         constraints = dict(TASK_DEFAULT_CONSTRAINTS)
         job_constraints = job.rest.get("constraints") or {}
@@ -852,7 +882,7 @@ class BatchState:
         if rest.get("multiInstanceSettings"):
             rest["multiInstanceSettings"].setdefault("numberOfInstances", 1)
         rest.setdefault("userIdentity", {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}})
-        _touch(rest)
+        self.touch(rest)
         return rest
 
     def _job_accepting_tasks(self, job_id: str) -> Job:
@@ -913,7 +943,7 @@ class BatchState:
             constraints = dict(task.rest.get("constraints") or {})
             constraints.update({k: v for k, v in (body.get("constraints") or {}).items() if v is not None})
             task.rest["constraints"] = constraints
-            _touch(task.rest)
+            self.touch(task.rest)
             self.save_task(task)
             return task
 
@@ -947,9 +977,9 @@ class BatchState:
                     job.pending.remove(task_id)
                 except ValueError:
                     pass
-                _set_state(task.rest, "completed", model="BatchTask")
+                self.set_state(task.rest, "completed", model="BatchTask")
                 task.rest["executionInfo"].update(
-                    result="failure", endTime=iso_now(),
+                    result="failure", endTime=self.clock.iso_now(),
                     failureInfo=dict(zip(("category", "code", "message"), USER_ENDED)),
                 )
                 self.save_task(task)
@@ -964,7 +994,7 @@ class BatchState:
             if task.state != "completed" or info.get("result") != "failure":
                 raise errors.conflict("TaskNotFailed" if task.state == "completed" else "TaskNotCompleted",
                                       "Only a completed task that failed can be reactivated.")
-            _set_state(task.rest, "active", model="BatchTask")
+            self.set_state(task.rest, "active", model="BatchTask")
             task.rest["executionInfo"] = {"retryCount": 0, "requeueCount": info.get("requeueCount", 0)}
             task.rest.pop("nodeInfo", None)
             job.pending.append(task.id)
@@ -978,7 +1008,7 @@ class BatchState:
         task.attempt += 1
         task.node_ids = [n.id for n in nodes]
         primary = nodes[0]
-        _set_state(task.rest, "preparing", model="BatchTask")
+        self.set_state(task.rest, "preparing", model="BatchTask")
         task.rest["executionInfo"].pop("endTime", None)
         task.rest["executionInfo"].pop("exitCode", None)
         task.rest["executionInfo"].pop("failureInfo", None)
@@ -1000,7 +1030,7 @@ class BatchState:
                 {"id": index, "nodeInfo": {"nodeId": node.id, "poolId": node.pool_id, "nodeUrl": node.rest["url"],
                                            "affinityId": node.rest.get("affinityId"),
                                            "taskRootDirectory": task.rest["nodeInfo"]["taskRootDirectory"]},
-                 "state": "preparing", "stateTransitionTime": iso_now()}
+                 "state": "preparing", "stateTransitionTime": self.clock.iso_now()}
                 for index, node in enumerate(nodes[1:], start=1)
             ]
 
@@ -1008,17 +1038,17 @@ class BatchState:
         node.rest["runningTasksCount"] = len(node.running)
         node.rest["runningTaskSlotsCount"] = node.used_slots
         if node.state in ("idle", "running"):
-            _set_state(node.rest, "running" if node.running else "idle", model="BatchNode")
+            self.set_state(node.rest, "running" if node.running else "idle", model="BatchNode")
 
     def mark_running(self, task: Task, attempt: int) -> bool:
         with self.lock:
             if task.attempt != attempt or task.state != "preparing":
                 return False
-            _set_state(task.rest, "running", model="BatchTask")
-            task.rest["executionInfo"]["startTime"] = iso_now()
+            self.set_state(task.rest, "running", model="BatchTask")
+            task.rest["executionInfo"]["startTime"] = self.clock.iso_now()
             for sub in task.subtasks:
-                _set_state(sub, "running", model="BatchSubtask")
-                sub["startTime"] = iso_now()
+                self.set_state(sub, "running", model="BatchSubtask")
+                sub["startTime"] = self.clock.iso_now()
             self.save_task(task)
             return True
 
@@ -1035,7 +1065,7 @@ class BatchState:
                 node.reserved_for = None
             self._refresh_node_running(node)
             if node.removing and not node.running:
-                _set_state(node.rest, "leavingpool", model="BatchNode")
+                self.set_state(node.rest, "leavingpool", model="BatchNode")
             self.save_node(node)
         task.node_ids = []
 
@@ -1044,10 +1074,10 @@ class BatchState:
         self.on_kill(task, "requeue")
         self._release_nodes(task)
         task.attempt += 1
-        _set_state(task.rest, "active", model="BatchTask")
+        self.set_state(task.rest, "active", model="BatchTask")
         info = task.rest.setdefault("executionInfo", {})
         info["requeueCount"] = int(info.get("requeueCount", 0)) + 1
-        info["lastRequeueTime"] = iso_now()
+        info["lastRequeueTime"] = self.clock.iso_now()
         task.subtasks = []
         job = self.jobs.get(task.job_id)
         if job is not None:
@@ -1063,7 +1093,7 @@ class BatchState:
             return False
         job = self.jobs.get(task.job_id)
         info = task.rest["executionInfo"]
-        now = iso_now()
+        now = self.clock.iso_now()
         self._release_nodes(task)
         failed = failure is not None or exit_code not in (0, None)
         user_ended = failure is not None and failure[1] == "TaskEnded"
@@ -1072,7 +1102,7 @@ class BatchState:
             info["retryCount"] = int(info.get("retryCount", 0)) + 1
             info["lastRetryTime"] = now
             info["exitCode"] = exit_code
-            _set_state(task.rest, "active", model="BatchTask")
+            self.set_state(task.rest, "active", model="BatchTask")
             if job is not None:
                 job.pending.appendleft(task.id)
             if save:
@@ -1094,9 +1124,9 @@ class BatchState:
             sub.update(result)
         for sub in task.subtasks:
             if sub.get("state") != "completed":
-                _set_state(sub, "completed", model="BatchSubtask")
+                self.set_state(sub, "completed", model="BatchSubtask")
                 sub.setdefault("endTime", now)
-        _set_state(task.rest, "completed", model="BatchTask")
+        self.set_state(task.rest, "completed", model="BatchTask")
         if save:
             self.save_task(task)
         if job is not None:
@@ -1131,19 +1161,19 @@ class BatchState:
         if action is None and info.get("result") == "failure" and job.rest.get("onTaskFailure") == "performexitoptionsjobaction":
             action = "terminate" if not conditions else None
         if action == "terminate" and job.state == "active":
-            _set_state(job.rest, "terminating", model="BatchJob")
+            self.set_state(job.rest, "terminating", model="BatchJob")
             job.rest["executionInfo"]["terminateReason"] = "TaskFailed"
             self._end_all_tasks(job)
             self._finish_terminate(job)
         elif action == "disable" and job.state == "active":
-            _set_state(job.rest, "disabled", model="BatchJob")
+            self.set_state(job.rest, "disabled", model="BatchJob")
             self.save_job(job)
 
     def check_job_completion(self, job: Job) -> None:
         if job.state != "active" or job.rest.get("onAllTasksComplete") != "terminatejob" or not job.tasks:
             return
         if all(t.state == "completed" for t in job.tasks.values()):
-            _set_state(job.rest, "terminating", model="BatchJob")
+            self.set_state(job.rest, "terminating", model="BatchJob")
             job.rest["executionInfo"]["terminateReason"] = "AllTasksComplete"
             self._finish_terminate(job)
 

@@ -52,8 +52,7 @@ MPI_JOB = JobSpec(rule="pi", jobid=5, command="snakemake --target-jobs 'pi:'", t
 def test_pool_bodies_of_each_profile_validate(profile, job):
     settings = profile_settings(profile)
     pool_class = pools.pool_class_for(job, settings)
-    # Azure's interval floor is a limit, not the schema (the executor's own floor check is tested apart)
-    spec = pools.pool_spec(pool_class, settings, "run1", snakemake_version="9.0.0", min_autoscale_interval=0.0,
+    spec = pools.pool_spec(pool_class, settings, "run1", snakemake_version="9.0.0",
                            pip_packages=("snakemake-storage-plugin-azure",))
     request_schema.validated("BatchPoolCreateOptions", wire(spec))
 

@@ -12,8 +12,8 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from snakemake_executor_saje.emulator import Emulator
+from tests.conftest import FAST
 
-FAST = {"node_boot_seconds": 0.05}
 
 pytestmark = pytest.mark.e2e
 

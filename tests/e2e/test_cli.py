@@ -21,7 +21,7 @@ from azure.batch import models
 from snakemake_executor_saje import catalogue
 from snakemake_executor_saje.cli import client_environment, main
 from snakemake_executor_saje.emulator import Emulator
-from tests.conftest import FAST, unique_id, wait_for
+from tests.conftest import FAST, TIME_SCALE, unique_id, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,7 @@ def test_mpi_pool_and_autoscale_pool(saje, client):
     created = client.get_pool(mpi)
     assert created.enable_inter_node_communication and created.task_slots_per_node == 1
     assert created.current_dedicated_nodes == 2 and not created.enable_auto_scale
-    rc, doc = saje("pool", "create", auto, "--autoscale", "--max", "2", "--autoscale-interval", "0.02",
+    rc, doc = saje("pool", "create", auto, "--autoscale", "--max", "2", "--autoscale-interval", "5",
                    "--vm-size", SIZE, "--wait", *FASTPOLL)
     assert rc == 0, doc
     assert doc["pool"]["enableAutoScale"] is True and doc["pool"]["targetDedicatedNodes"] == 0
@@ -356,8 +356,8 @@ def test_saje_inside_saje_emulator_run(tmp_path):
     saje = str(Path(sys.executable).parent / "saje")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE_SAJE_")}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
-    base = [saje, "emulator", "run", "--no-azurite", "--data-dir", str(tmp_path / "emu"), "--node-boot-seconds", "0.05",
-            "--"]
+    base = [saje, "emulator", "run", "--no-azurite", "--data-dir", str(tmp_path / "emu"),
+            "--time-scale", str(TIME_SCALE), "--"]
     listed = subprocess.run([*base, saje, "--json", "pool", "list"], env=env, capture_output=True, text=True,
                             timeout=120)
     assert listed.returncode == 0, listed.stderr
@@ -387,7 +387,7 @@ def test_emulator_start_status_stop(tmp_path):
     saje = str(Path(sys.executable).parent / "saje")
     data = tmp_path / "emu"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE_SAJE_")}
-    proc = subprocess.Popen([saje, "emulator", "start", "--data-dir", str(data), "--node-boot-seconds", "0.05"],
+    proc = subprocess.Popen([saje, "emulator", "start", "--data-dir", str(data), "--time-scale", str(TIME_SCALE)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: (data / "emulator.json").exists(), 60, what="emulator.json")

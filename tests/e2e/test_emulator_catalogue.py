@@ -7,6 +7,7 @@ from azure.core.exceptions import HttpResponseError
 
 from snakemake_executor_saje import catalogue
 from snakemake_executor_saje.emulator import Emulator
+from tests.conftest import FAST
 
 CATALOGUE = """
 vm_sizes:
@@ -26,7 +27,7 @@ def _pool(pool_id: str, vm_size: str) -> models.BatchPoolCreateOptions:
 def test_a_custom_catalogue_replaces_the_bundled_sizes(tmp_path):
     path = tmp_path / "sizes.yaml"
     path.write_text(CATALOGUE)
-    with Emulator(tmp_path / "emu", vm_size_catalogue=path, node_boot_seconds=0.05) as emu:
+    with Emulator(tmp_path / "emu", vm_size_catalogue=path, **FAST) as emu:
         client = emu.client()
         client.create_pool(_pool("custom", "Lab_Box_8"))  # 32 slots = 4 x its 8 vCPUs: allowed
         assert client.get_pool("custom").vm_size.lower() == "lab_box_8"

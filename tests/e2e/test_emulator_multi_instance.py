@@ -179,7 +179,7 @@ def test_autoscale_counts_a_queued_multi_instance_task_once_per_instance(batch_c
         id="wide", command_line="/bin/true",
         multi_instance_settings=models.MultiInstanceSettings(number_of_instances=3, coordination_command_line="/bin/true")))
     batch_client.enable_pool_auto_scale(pool_id, models.BatchPoolEnableAutoScaleOptions(
-        auto_scale_formula="$TargetDedicatedNodes = 0;", auto_scale_evaluation_interval="PT1S"))
+        auto_scale_formula="$TargetDedicatedNodes = 0;", auto_scale_evaluation_interval="PT5M"))
     time.sleep(1.5)  # let the emulator take a sample with the task queued
     run = batch_client.evaluate_pool_auto_scale(pool_id, models.BatchPoolEvaluateAutoScaleOptions(
         auto_scale_formula="$a = max($ActiveTasks.GetSample(1)); $r = max($RunningTasks.GetSample(1)); $TargetDedicatedNodes = 0;"))
@@ -195,7 +195,7 @@ def test_autoscale_counts_a_running_multi_instance_task_once(batch_client):
     wait_for(lambda: batch_client.get_task(job_id, "busy").state == models.BatchTaskState.RUNNING, what="task running")
     batch_client.disable_pool_auto_scale(pool_id)
     batch_client.enable_pool_auto_scale(pool_id, models.BatchPoolEnableAutoScaleOptions(
-        auto_scale_formula="$TargetDedicatedNodes = 2;", auto_scale_evaluation_interval="PT1S"))
+        auto_scale_formula="$TargetDedicatedNodes = 2;", auto_scale_evaluation_interval="PT5M"))
     time.sleep(1.0)
     run = batch_client.evaluate_pool_auto_scale(pool_id, models.BatchPoolEvaluateAutoScaleOptions(
         auto_scale_formula="$r = max($RunningTasks.GetSample(1)); $TargetDedicatedNodes = 2;"))

@@ -174,7 +174,7 @@ def test_autoscale_enable_evaluate_grow_from_zero_and_shrink(batch_client):
                "$NodeDeallocationOption = taskcompletion;")
     pool_id = unique_id("auto")
     batch_client.create_pool(pool_options(pool_id, enable_auto_scale=True, auto_scale_formula=formula,
-                                          auto_scale_evaluation_interval="PT1S"))
+                                          auto_scale_evaluation_interval="PT5M"))
     pool = batch_client.get_pool(pool_id)
     assert pool.enable_auto_scale and pool.target_dedicated_nodes == 0
     assert "$TargetDedicatedNodes=0" in pool.auto_scale_run.results

@@ -41,7 +41,7 @@ class _OnTheEmulator:
         emu = self.emulator
         return ExecutorSettings(
             account_url=emu.endpoint, account_name=emu.account_name, account_key=emu.account_key,
-            vm_size="Standard_D2s_v5", task_slots_per_node=2, max_nodes=2, autoscale_interval=0.02,
+            vm_size="Standard_D2s_v5", task_slots_per_node=2, max_nodes=2, autoscale_interval=5,
             snakemake_install="none", poll_interval=0.5,
         )
 

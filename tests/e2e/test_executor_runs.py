@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -113,14 +114,14 @@ def test_rule_larger_than_any_pool_is_refused_before_submission(tmp_path, saje_e
 
 
 def test_pool_batch_refuses_is_an_error_naming_the_property(tmp_path, saje_env, clean_account):
-    """Here the emulator's floor for the autoscale interval (1 s in tests; Azure's is 5 minutes)."""
+    """A request SAJE cannot judge but Batch refuses: a node agent SKU that does not fit the image."""
     workdir = write_workflow(tmp_path / "wf", FAILING)
 
-    run = run_snakemake(workdir, saje_env, "--saje-autoscale-interval", "0.01")
+    run = run_snakemake(workdir, saje_env, "--saje-node-agent-sku", "batch.node.el 8")
 
     assert run.returncode != 0
     assert "Azure Batch refused pool" in run.stdout, run.stdout[-3000:]
-    assert "InvalidPropertyValue" in run.stdout and "PropertyName=autoScaleEvaluationInterval" in run.stdout
+    assert "InvalidPropertyValue" in run.stdout and "PropertyName=nodeAgentSKUId" in run.stdout
 
 
 # ----------------------------------------------------------------------------- Slurm resources
@@ -280,14 +281,18 @@ class PoolWatcher(threading.Thread):
 
 
 def test_autoscale_pool_grows_from_zero_and_shrinks_back(tmp_path, saje_env, clean_account):
+    """profiles/local's values, Azure's 5-minute interval included, on the time-scaled emulator: the
+    executor sends a loopback endpoint the interval it would send Azure, and the pool still moves."""
     workdir = write_workflow(tmp_path / "wf", FOUR.format(seconds=3))
     watcher = PoolWatcher(clean_account)
     watcher.start()
     try:
-        run = run_snakemake(workdir, saje_env, "--saje-keep-pool")
+        run = run_snakemake(workdir, saje_env, "--workflow-profile", str(ROOT / "profiles" / "local"),
+                            "--saje-max-nodes", "2", "--saje-keep-pool")
         assert run.returncode == 0, run.stdout[-3000:]
         assert "kept (--saje-keep-pool)" in run.stdout
         pool_id = wait_for(lambda: watcher.samples and watcher.samples[-1][0], 5, what="a pool sample")
+        assert watcher.client.get_pool(pool_id).auto_scale_evaluation_interval == timedelta(minutes=5)
         # Idle now: the formula takes the pool back to 0 nodes.
         wait_for(lambda: watcher.samples[-1] == (pool_id, 0, 0), 60, what=f"{pool_id} to shrink to 0 nodes")
     finally:

@@ -20,12 +20,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from snakemake_executor_saje.emulator import mpi_install
+from tests.conftest import TIME_SCALE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
 
@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "workflows" / "examples" / "mpi"
 PROFILE = REPO / "profiles" / "local-mpi"
 VENV_BIN = Path(sys.executable).parent
-# Shorter clocks than the profile's; everything else is the profile's.
-FAST = ["--saje-autoscale-interval", "0.02", "--saje-poll-interval", "0.5", "--latency-wait", "2"]
+# Shorter client polls than the profile's; everything else (Azure's 5-minute autoscale interval) is the
+# profile's, on an emulator whose clock runs TIME_SCALE times faster.
+FAST = ["--saje-poll-interval", "0.5", "--latency-wait", "2"]
 RANK = re.compile(r"^rank (\d+) host (\S+) node (\S+)$")
 LIBRARY = {"openmpi": "Open MPI", "mpich": "MPICH"}
 
@@ -71,7 +72,7 @@ def run_example(tmp_path: Path, flavor: str, *args: str, timeout: float = 240) -
     """What docs/mpi.md tells users to type, in a copy of the example."""
     wf = _workflow(tmp_path)
     cmd = [str(VENV_BIN / "saje"), "emulator", "run", "--data-dir", str(tmp_path / "emulator"),
-           "--node-boot-seconds", "0.05", "--autoscale-min-interval", "1", "--",
+           "--time-scale", str(TIME_SCALE), "--",
            *_snakemake("--saje-mpi-flavor", flavor, *args)]
     proc = subprocess.Popen(cmd, cwd=wf, env=_image_env(flavor), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, errors="replace", start_new_session=True)
@@ -135,12 +136,12 @@ def test_example_runs_every_rank_on_2_and_4_nodes(tmp_path, flavor):
 @pytest.mark.timeout(480)
 @pytest.mark.parametrize("flavor", ["openmpi", "mpich"])
 def test_failing_rank_fails_the_task_and_shows_nodes_and_stderr(tmp_path, flavor):
-    # A 6 s autoscale interval: with 1.2 s the failed task's nodes can leave the pool (and take
-    # its files along) before the executor's next poll downloads the logs.
+    # A 60-minute autoscale interval (6 s at the tests' time scale): with 5 minutes the failed task's
+    # nodes can leave the pool (and take its files along) before the executor's next poll downloads the logs.
     # A wall-clock limit, as docs/mpi.md advises for MPI rules: Open MPI 5's prterun sometimes
     # deadlocks in its own finalize after an MPI_Abort (PMIx_server_finalize waiting for a progress
     # thread stuck in pmix_pending_resolve; openpmix/prrte#1839), after it printed its report.
-    out = run_example(tmp_path, flavor, "--config", "nodes=[2]", "fail_rank=3", "--saje-autoscale-interval", "0.1",
+    out = run_example(tmp_path, flavor, "--config", "nodes=[2]", "fail_rank=3", "--saje-autoscale-interval", "60",
                       "--set-resources", "pi:runtime=2", timeout=400)
     assert out.returncode != 0
     message = out.stderr[out.stderr.index("Error in rule pi:"):]
@@ -180,8 +181,7 @@ def test_preempted_spot_mpi_task_is_requeued(tmp_path, monkeypatch):
     (wf / "Snakefile").write_text(SPOT_SNAKEFILE)
     image = _image_env("openmpi")
     monkeypatch.setenv("PATH", image["PATH"])  # the in-process emulator's nodes inherit it
-    emu = Emulator(tmp_path / "emulator", with_azurite=True, node_boot_seconds=0.05,
-                   autoscale_min_interval=timedelta(seconds=1), autoscale_sample_interval=timedelta(seconds=0.5))
+    emu = Emulator(tmp_path / "emulator", with_azurite=True, time_scale=TIME_SCALE)
     emu.start()
     try:
         env = {**image, **client_environment(emu)}

@@ -39,6 +39,9 @@ def test_emulator_commands_still_parse():
     args = parse("emulator", "run", "--data-dir", "D", "--node-boot-seconds", "0.5", "--", "snakemake", "--json")
     assert args.raw and args.command == ["--", "snakemake", "--json"] and args.node_boot_seconds == 0.5
     assert parse("emulator", "start", "--port", "1234").port == 1234
+    assert parse("emulator", "start").time_scale == 60 and parse("emulator", "run", "--time-scale", "600").time_scale == 600
+    with pytest.raises(SystemExit):
+        parse("emulator", "start", "--time-scale", "0")
     assert callable(cli.client_environment)
 
 
@@ -160,7 +163,8 @@ def test_start_task_and_snakemake_install():
 
 @pytest.mark.parametrize("extra", [("--min", "1"), ("--max", "2"), ("--autoscale", "--min", "3", "--max", "2"),
                                    ("--mpi", "--slots", "4"), ("--mpi", "--autoscale", "--min", "1"),
-                                   ("--slots", "0"), ("--nodes", "-1")])
+                                   ("--slots", "0"), ("--nodes", "-1"), ("--autoscale", "--autoscale-interval", "1"),
+                                   ("--autoscale", "--autoscale-interval", "10081")])
 def test_create_usage_errors(extra):
     with pytest.raises(common.CliError) as exc:
         pool.check_create_args(create_args(*extra))

@@ -199,15 +199,10 @@ def test_custom_formula_is_substituted():
     assert d["autoScaleFormula"] == "$TargetDedicatedNodes = min(7, 2 + 1);"
 
 
-def test_autoscale_interval_minimum_is_azures_unless_relaxed():
-    s = ExecutorSettings(autoscale_interval=0.5)
-    pc = pool_class_for(job(), s)
-    with pytest.raises(PoolSpecError, match="minimum of 5"):
-        spec_dict(pc, s)
-    d = spec_dict(pc, s, min_autoscale_interval=0)
-    spec = pool_spec(pc, s, RUN, snakemake_version="9.27.1", min_autoscale_interval=0)
-    assert spec.auto_scale_evaluation_interval == timedelta(seconds=30)
-    assert d["enableAutoScale"]
+def test_autoscale_interval_is_sent_as_set():
+    s = ExecutorSettings(autoscale_interval=7.5)
+    spec = pool_spec(pool_class_for(job(), s), s, RUN, snakemake_version="9.27.1")
+    assert spec.auto_scale_evaluation_interval == timedelta(minutes=7, seconds=30)
 
 
 def test_container_pool_and_install_modes():

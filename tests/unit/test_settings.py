@@ -164,8 +164,14 @@ def test_invalid_settings(kwargs, fragment):
         ExecutorSettings(**kwargs)
 
 
-def test_emulator_may_use_short_autoscale_interval():
-    assert ExecutorSettings(autoscale_interval=0.1).autoscale_interval == 0.1
+@pytest.mark.parametrize("account_url", ["http://127.0.0.1:8123/sajelocal", "https://acct.westeurope.batch.azure.com"])
+def test_autoscale_interval_range_is_azures_whatever_the_endpoint(account_url):
+    """5 minutes to 168 hours, for the emulator on loopback as for Azure: SAJE sends both the same."""
+    for minutes in (0.1, 4.99, 10080.5):
+        with pytest.raises(WorkflowError, match="between 5 minutes and 168 hours"):
+            ExecutorSettings(account_url=account_url, autoscale_interval=minutes)
+    for minutes in (5, 10080):
+        assert ExecutorSettings(account_url=account_url, autoscale_interval=minutes).autoscale_interval == minutes
 
 
 def test_fixed_nodes_disable_autoscale():
@@ -202,13 +208,13 @@ def test_registers_with_snakemake_argparse_and_env(monkeypatch):
     monkeypatch.setenv("SNAKEMAKE_SAJE_ACCOUNT_URL", "http://127.0.0.1:1/acct")
     args = parser.parse_args(
         ["--saje-vm-size", "Standard_D4s_v5", "--saje-nodes", "2", "--saje-spot",
-         "--saje-autoscale-interval", "0.5", "--saje-mpi-flavor", "mpich"]
+         "--saje-autoscale-interval", "7.5", "--saje-mpi-flavor", "mpich"]
     )
     settings = plugin.get_settings(args)
     assert settings.vm_size == "Standard_D4s_v5"
     assert settings.nodes == 2
     assert settings.spot is True
-    assert settings.autoscale_interval == 0.5
+    assert settings.autoscale_interval == 7.5
     assert settings.mpi_flavor == "mpich"
     assert settings.account_url == "http://127.0.0.1:1/acct"
     assert plugin.get_envvar("account_key") == "SNAKEMAKE_SAJE_ACCOUNT_KEY"

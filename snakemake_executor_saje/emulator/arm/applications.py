@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..timeutil import iso, iso_now, utcnow
+from ..timeutil import iso, utcnow
 from ..wire import Response
 from .core import ArmError, bad_request, json_response, not_found, parent_not_found, public
 
@@ -168,7 +168,7 @@ class ApplicationProvider:
         if blob is None or not blob.exists():
             raise ArmError(409, "ApplicationPackageNotUploaded",
                            f"Nothing was uploaded to the storage URL of version '{record['name']}' before activation.")
-        record["properties"] = {"state": "Active", "format": "zip", "lastActivationTime": iso_now()}
+        record["properties"] = {"state": "Active", "format": "zip", "lastActivationTime": self.arm.iso_now()}
         record["etag"] = f'W/"0x{uuid.uuid4().hex[:15].upper()}"'
         self.arm.resources.put(record)
         return json_response(200, self._view(record), {"ETag": record["etag"]})

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..timeutil import iso_now
 from ..wire import Response
 from .core import BUILTIN_ROLES, ArmError, bad_request, is_within, json_response, public, role_definition
 
@@ -29,7 +28,7 @@ class AuthorizationProvider:
         prefix = "" if scope == "/" else scope
         sub = scope.split("/")[2] if scope.startswith("/subscriptions/") else None
         role_scope = f"/subscriptions/{sub}" if sub else ""
-        now = iso_now()
+        now = self.arm.iso_now()
         record = {"id": f"{prefix}/providers/Microsoft.Authorization/roleAssignments/{name}", "name": name, "type": TYPE,
                   "properties": {"roleDefinitionId": f"{role_scope}/providers/Microsoft.Authorization/roleDefinitions/{role_id}",
                                  "principalId": principal_id, "principalType": principal_type, "scope": scope,

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import BatchError
-from ..timeutil import iso_now
 from ..wire import Response
 from .applications import ApplicationProvider
 from .core import ArmError, bad_request, json_response, linked_authorization_failed, not_found, parent_not_found, public
@@ -216,7 +215,7 @@ class BatchProvider:
             raise ArmError(400, "InvalidParameter" if storage is not None else "ResourceNotFound",
                            f"The storage account '{storage_id}' specified for autoStorage was not found.",
                            target="properties.autoStorage.storageAccountId")
-        return {"storageAccountId": storage["id"], "lastKeySync": iso_now(),
+        return {"storageAccountId": storage["id"], "lastKeySync": self.arm.iso_now(),
                 "authenticationMode": auto.get("authenticationMode", "StorageKeys"),
                 **({"nodeIdentityReference": auto["nodeIdentityReference"]} if auto.get("nodeIdentityReference") else {})}
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import catalogue
-from ..timeutil import iso_now
 from ..wire import Response
 from .core import ArmError, bad_request, json_response, linked_authorization_failed, not_found, parent_not_found, public
 
@@ -39,8 +38,8 @@ OUTPUT_LIMIT = 4096  # RunShellScript keeps the last 4 KB of each stream
 SKELETON = ("usr/local/bin", "usr/local/lib", "usr/bin", "etc/profile.d", "opt", "root", "tmp")
 
 
-def _status(code: str, display: str, level: str = "Info") -> dict[str, Any]:
-    return {"code": code, "level": level, "displayStatus": display, "time": iso_now()}
+def _status(code: str, display: str, time: str, level: str = "Info") -> dict[str, Any]:
+    return {"code": code, "level": level, "displayStatus": display, "time": time}
 
 
 class ComputeProvider:
@@ -258,13 +257,13 @@ class ComputeProvider:
                            "storageProfile": {"imageReference": {**image, "exactVersion": exact}, "osDisk": os_disk,
                                               "dataDisks": []},
                            "osProfile": safe_os, "networkProfile": props["networkProfile"],
-                           "provisioningState": "Creating", "timeCreated": iso_now()},
+                           "provisioningState": "Creating", "timeCreated": self.arm.iso_now()},
             "_power": "starting", "_generalized": False, "_hyperv": "V2",
         }
         disk = {"id": disk_id, "name": disk_name, "type": DISK_TYPE, "location": location, "managedBy": rid,
                 "sku": {"name": os_disk["managedDisk"]["storageAccountType"]},
                 "properties": {"osType": "Linux", "hyperVGeneration": "V2", "diskSizeGB": os_disk["diskSizeGB"],
-                               "diskState": "Attached", "provisioningState": "Succeeded", "timeCreated": iso_now(),
+                               "diskState": "Attached", "provisioningState": "Succeeded", "timeCreated": self.arm.iso_now(),
                                "creationData": {"createOption": "FromImage", "imageReference": image}},
                 "_dir": str(disk_dir)}
         self.arm.resources.put(disk)
@@ -283,13 +282,14 @@ class ComputeProvider:
     def _instance_view(self, vm: dict[str, Any]) -> dict[str, Any]:
         power = vm.get("_power", "running")
         state = vm["properties"]["provisioningState"]
-        statuses = [_status(f"ProvisioningState/{state.lower()}", f"Provisioning {state.lower()}")]
+        now = self.arm.iso_now()
+        statuses = [_status(f"ProvisioningState/{state.lower()}", f"Provisioning {state.lower()}", now)]
         if vm.get("_generalized"):
-            statuses.append(_status("OSState/generalized", "VM generalized"))
-        statuses.append(_status(f"PowerState/{power}", f"VM {power}"))
+            statuses.append(_status("OSState/generalized", "VM generalized", now))
+        statuses.append(_status(f"PowerState/{power}", f"VM {power}", now))
         return {"computerName": vm["properties"]["osProfile"].get("computerName"), "osName": "ubuntu",
                 "osVersion": "24.04", "hyperVGeneration": vm.get("_hyperv", "V2"), "statuses": statuses,
-                "vmAgent": {"vmAgentVersion": "2.13.1.1", "statuses": [_status("ProvisioningState/succeeded", "Ready")]}}
+                "vmAgent": {"vmAgentVersion": "2.13.1.1", "statuses": [_status("ProvisioningState/succeeded", "Ready", now)]}}
 
     def _vm_action(self, ctx: "Ctx", rg: str, rid: str, name: str, action: str) -> Response:
         vm = self.arm.resources.get(rid)
@@ -520,7 +520,7 @@ class ComputeProvider:
                            f"version's location '{location}'.", target="publishingProfile.targetRegions")
         publishing.update({"targetRegions": targets, "replicaCount": publishing.get("replicaCount", 1),
                            "excludeFromLatest": bool(publishing.get("excludeFromLatest", False)),
-                           "publishedDate": iso_now(), "storageAccountType": publishing.get("storageAccountType", "Standard_LRS")})
+                           "publishedDate": self.arm.iso_now(), "storageAccountType": publishing.get("storageAccountType", "Standard_LRS")})
         disk = self.arm.resources.get(vm["_disk"])
         image_dir = self.images_dir / uuid.uuid4().hex
         record = {"id": rid, "name": name, "type": VERSION_TYPE, "location": location, "tags": body.get("tags") or {},

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..store import Store
@@ -151,7 +151,7 @@ class Operation:
     location: str
     subscription: str
     status: str = "InProgress"
-    start_time: str = field(default_factory=iso_now)
+    start_time: str = ""
     end_time: str | None = None
     error: dict[str, Any] | None = None
     result: Any = None  # the body the Location URL answers with once done (POST actions)
@@ -184,15 +184,16 @@ class Operations:
 
     KIND = "arm:operation"
 
-    def __init__(self, store: Store, *, min_seconds: Callable[[], float]):
+    def __init__(self, store: Store, *, min_seconds: Callable[[], float], now: Callable[[], str] = iso_now):
         self.store = store
+        self.now = now
         self.min_seconds = min_seconds
         self.lock = threading.Lock()
         self.ops: dict[str, Operation] = {}
         for key, row in store.load(self.KIND):
             op = Operation(**row)
             if op.status == "InProgress":  # the process that ran it is gone
-                op.status, op.end_time = "Failed", iso_now()
+                op.status, op.end_time = "Failed", self.now()
                 op.error = {"code": "InternalServerError", "message": "The emulator restarted during the operation."}
                 store.put(self.KIND, key, op.to_row())
             self.ops[key] = op
@@ -200,7 +201,7 @@ class Operations:
 
     def start(self, *, subscription: str, namespace: str, location: str,
               work: Callable[[], Any], on_failure: Callable[[dict[str, Any]], None] | None = None) -> Operation:
-        op = Operation(str(uuid.uuid4()), namespace, location or "global", subscription)
+        op = Operation(str(uuid.uuid4()), namespace, location or "global", subscription, start_time=self.now())
         with self.lock:
             self.ops[op.id] = op
         self._save(op)
@@ -224,7 +225,7 @@ class Operations:
             rest = self.min_seconds() - (time.monotonic() - began)
             if rest > 0:
                 time.sleep(rest)
-            op.result, op.error, op.end_time, op.status = result, error, iso_now(), status
+            op.result, op.error, op.end_time, op.status = result, error, self.now(), status
             self._save(op)
 
         thread = threading.Thread(target=run, name=f"arm-op-{op.id[:8]}", daemon=True)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..datadir import make_private_dir
-from ..timeutil import iso_now
 from ..wire import Request, Response
 from . import authorization, batch, compute, storage
 from .core import (
@@ -94,7 +93,7 @@ class ArmService:
         store = self.state.store
         self.store = store
         self.resources = Registry(store)
-        self.operations = Operations(store, min_seconds=lambda: self.lro_seconds)
+        self.operations = Operations(store, min_seconds=lambda: self.lro_seconds, now=self.iso_now)
         self.providers: dict[str, dict[str, Any]] = {k: v for k, v in store.load("arm:provider")}
         self.cleanup: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.storage = storage.StorageProvider(self)
@@ -110,6 +109,10 @@ class ArmService:
         self.state.application_package = self.batch.applications.resolve
 
     # ----------------------------------------------------------------- public helpers
+    def iso_now(self) -> str:
+        """ARM's timestamps come from the same service clock as the Batch data plane's."""
+        return self.state.clock.iso_now()
+
     @property
     def base_url(self) -> str:
         return self.emulator.endpoint.rstrip("/")
@@ -355,7 +358,7 @@ class ArmService:
                 return json_response(200, public(existing))
             group = {"id": rid, "name": rg, "type": "Microsoft.Resources/resourceGroups", "location": location,
                      "tags": body.get("tags") or {}, "properties": {"provisioningState": "Succeeded"},
-                     "_created": iso_now()}
+                     "_created": self.iso_now()}
             self.resources.put(group)
             return json_response(201, public(group))
         if method == "DELETE":

@@ -13,7 +13,6 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..timeutil import iso_now
 from ..wire import Response
 from .core import ArmError, bad_request, json_response, not_found, parent_not_found, public
 
@@ -173,7 +172,7 @@ class StorageProvider:
             return json_response(200, public(self.arm.resources.put(existing)))
         azurite = self._azurite()
         key1 = azurite.account_key if azurite is not None else base64.b64encode(os.urandom(64)).decode()
-        now = iso_now()
+        now = self.arm.iso_now()
         account = {
             "id": rid, "name": name, "type": ACCOUNT_TYPE, "location": location, "tags": body.get("tags") or {},
             "sku": {"name": sku, "tier": "Premium" if sku.startswith("Premium") else "Standard"}, "kind": kind,
@@ -243,7 +242,7 @@ class StorageProvider:
                      "properties": {"publicAccess": props.get("publicAccess") or "None", "metadata": props.get("metadata") or {},
                                     "leaseStatus": "Unlocked", "leaseState": "Available", "hasImmutabilityPolicy": False,
                                     "hasLegalHold": False, "deleted": False, "remainingRetentionDays": 0,
-                                    "lastModifiedTime": iso_now(), "defaultEncryptionScope": "$account-encryption-key",
+                                    "lastModifiedTime": self.arm.iso_now(), "defaultEncryptionScope": "$account-encryption-key",
                                     "denyEncryptionScopeOverride": False}}
         self._create_in_azurite(name)
         return json_response(201, public(self.arm.resources.put(container)))
