@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from importlib import resources
@@ -120,6 +121,17 @@ def find_image(
         if (ref["publisher"].lower(), ref["offer"].lower(), ref["sku"].lower()) == key:
             return copy.deepcopy(image)
     return None
+
+
+def node_agent_end_of_life(node_agent: str) -> datetime | None:
+    """When Batch support ends for a node agent SKU: the latest ``batchSupportEndOfLife`` of its
+    images, if every image of that agent has one (then any pool naming the agent, custom images
+    included, is past support after it: Azure/Batch#174); None while one of them has no date."""
+    dates = [image.get("batchSupportEndOfLife") for image in _data()["supported_images"]
+             if image["nodeAgentSKUId"].lower() == (node_agent or "").lower()]
+    if not dates or None in dates:
+        return None
+    return max(datetime.fromisoformat(str(d).replace("Z", "+00:00")) for d in dates)
 
 
 def node_agent_for(publisher: str, offer: str, sku: str) -> str | None:

@@ -55,6 +55,9 @@ def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
                              f"real time (default {DEFAULT_TIME_SCALE:g}; 1: Azure's own pace)")
     parser.add_argument("--node-boot-seconds", type=float, default=None,
                         help="service seconds a node spends in 'creating' and in 'starting' (default 60)")
+    parser.add_argument("--core-quota", action="append", default=[], type=_core_quota, metavar="NAME=CORES",
+                        help="an account core quota: dedicated (default 900), lowpriority (default 100) or a VM "
+                             "series, e.g. standardHBv3Family=480 (default: the dedicated total); repeatable")
 
 
 def _positive(text: str) -> float:
@@ -64,6 +67,31 @@ def _positive(text: str) -> float:
     return value
 
 
+def _core_quota(text: str) -> tuple[str, int]:
+    from ..emulator.quotas import parse_setting
+
+    try:
+        return parse_setting(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def quota_settings(pairs: list[tuple[str, int]]) -> dict:
+    """--core-quota NAME=CORES pairs as EmulatorConfig fields."""
+    settings: dict = {}
+    families: dict[str, int] = {}
+    for name, cores in pairs:
+        key = {"dedicated": "dedicated_core_quota", "lowpriority": "low_priority_core_quota",
+               "spot": "low_priority_core_quota"}.get(name.lower())
+        if key:
+            settings[key] = cores
+        else:
+            families[name] = cores
+    if families:
+        settings["vm_family_core_quotas"] = families
+    return settings
+
+
 def _make_emulator(args: argparse.Namespace, with_azurite: bool):
     from ..emulator import Emulator
 
@@ -71,6 +99,7 @@ def _make_emulator(args: argparse.Namespace, with_azurite: bool):
 
     data_dir = statedir.ensure(args.data_dir or DEFAULT_DATA_DIR)
     optional = {"node_boot_seconds": args.node_boot_seconds} if args.node_boot_seconds is not None else {}
+    optional.update(quota_settings(args.core_quota))
     return Emulator(
         data_dir, with_azurite=with_azurite, host=args.host, port=args.port, account_name=args.account_name,
         tls=args.tls, vm_size_catalogue=args.vm_size_catalogue, time_scale=args.time_scale, **optional,

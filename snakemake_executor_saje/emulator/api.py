@@ -107,7 +107,7 @@ class BatchApi:
         except BatchError as exc:
             if exc.schema:
                 self._refused(request, exc)
-            response = Response.json(exc.status, exc.body(self.state.account_url, request_id))
+            response = Response.json(exc.status, exc.body(self.state.account_url, request_id, self.state.clock.iso_now()))
         response.headers.setdefault("request-id", request_id)
         client_request_id = request.headers.get("client-request-id")
         if client_request_id:

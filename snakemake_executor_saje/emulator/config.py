@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from . import quotas
+
 
 def new_account_key() -> str:
     """A random 64-byte key, base64 like a real Batch account key."""
@@ -38,9 +40,12 @@ class EmulatorConfig:
     pool_delete_seconds: float = 60.0
     # How often the pool metrics ($PendingTasks, ...) are sampled for autoscale formulas.
     autoscale_sample_interval: timedelta = timedelta(seconds=30)
-    # Dedicated and Spot core quotas of the account (real defaults vary by region and subscription).
-    dedicated_core_quota: int = 2000
-    low_priority_core_quota: int = 2000
+    # Core quotas of the account (quotas.py): total dedicated, Spot/low-priority, and dedicated per
+    # VM series (family name -> cores; a series not named is bounded by the total). Defaults: a new
+    # account's, at the top of the ranges Azure documents.
+    dedicated_core_quota: int = quotas.DEFAULT_DEDICATED
+    low_priority_core_quota: int = quotas.DEFAULT_LOW_PRIORITY
+    vm_family_core_quotas: dict[str, int] = field(default_factory=dict)
     scheduler_tick_seconds: float = 0.05
     # Blob service linked as the account's auto-storage (autoStorageContainerName resource files).
     auto_storage_connection_string: str | None = field(default=None, repr=False)
@@ -48,6 +53,10 @@ class EmulatorConfig:
     vm_size_catalogue: Path | None = None
     # Addresses are handed out from 127.<subnet>.x.y so concurrent emulators do not collide.
     address_subnet: int | None = None
+
+    @property
+    def core_quotas(self) -> quotas.CoreQuotas:
+        return quotas.CoreQuotas(self.dedicated_core_quota, self.low_priority_core_quota, dict(self.vm_family_core_quotas))
 
     @property
     def db_path(self) -> Path | None:

@@ -24,11 +24,12 @@ class BatchError(Exception):
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
 
-    def body(self, account_url: str, request_id: str) -> dict:
+    def body(self, account_url: str, request_id: str, now: str | None = None) -> dict:
+        """The OData error body; `now` is the service's time for the message's Time line."""
         payload: dict = {
             "odata.metadata": f"{account_url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element",
             "code": self.code,
-            "message": {"lang": "en-US", "value": f"{self.message}\nRequestId:{request_id}\nTime:{iso_now()}"},
+            "message": {"lang": "en-US", "value": f"{self.message}\nRequestId:{request_id}\nTime:{now or iso_now()}"},
         }
         if self.values:
             payload["values"] = [{"key": k, "value": v} for k, v in self.values]

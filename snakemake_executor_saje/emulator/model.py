@@ -23,7 +23,7 @@ class Node:
     dedicated: bool = True
     used_slots: int = 0
     running: set[str] = field(default_factory=set)  # "job/task" keys
-    ready_at: float = 0.0  # monotonic time the current boot phase ends
+    ready_at: float = 0.0  # when the current boot phase ends (state.clock.monotonic(), service seconds)
     prepared_jobs: dict[str, str] = field(default_factory=dict)  # job id -> "succeeded" | "failed"
     removing: str | None = None  # deallocation option while leaving the pool
     reserved_for: str | None = None  # multi-instance task key holding the whole node
@@ -57,11 +57,11 @@ class Pool:
     rest: dict[str, Any]
     nodes: dict[str, Node] = field(default_factory=dict)
     node_serial: int = 0
-    next_autoscale: float = 0.0  # monotonic
+    next_autoscale: float = 0.0  # service seconds (state.clock.monotonic()), as the other times here
     resize_started: float = 0.0
     samples: dict[str, list] = field(default_factory=dict)  # metric -> [autoscale.Sample]
     last_sample: float = 0.0
-    deleting_since: float = 0.0  # monotonic time the delete was accepted (0 after a restart)
+    deleting_since: float = 0.0  # when the delete was accepted (0 after a restart)
 
     @property
     def id(self) -> str:

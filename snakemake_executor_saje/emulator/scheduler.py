@@ -12,7 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from . import metrics
+from . import metrics, quotas
 from .layout import NodeLayout, node_root
 from .model import Node, Pool, Task
 from .state import BatchState
@@ -102,10 +102,11 @@ class Scheduler:
             live = [n for n in pool.nodes.values() if n.dedicated == dedicated and n.removing is None]
             missing = target[dedicated] - len(live)
             if missing > 0:
+                new = quotas.InUse(size.family if size else "custom", _vcpus(size), dedicated)
                 for _ in range(missing):
-                    if not self._within_quota(pool, dedicated, size.vcpus if size else 1):
-                        self._resize_error(pool, "AccountCoreQuotaReached" if dedicated else "AccountLowPriorityCoreQuotaReached",
-                                           "The specified account has reached its core quota; ask for a quota increase or lower the target.")
+                    refused = quotas.refusal(self.config.core_quotas, self._cores_in_use(), new)
+                    if refused:
+                        self._resize_error(pool, *refused)
                         break
                     self._add_node(pool, dedicated)
             elif missing < 0:
@@ -127,13 +128,14 @@ class Scheduler:
         pool.rest["currentDedicatedNodes"], pool.rest["currentLowPriorityNodes"] = dedicated, low
         self.state.save_pool(pool)
 
-    def _within_quota(self, pool: Pool, dedicated: bool, vcpus: int) -> bool:
-        used = sum(
-            _vcpus(self.state.vm_size(p.rest["vmSize"]))
-            for p in self.state.pools.values() for n in p.nodes.values() if n.dedicated == dedicated and n.removing is None
-        )
-        quota = self.config.dedicated_core_quota if dedicated else self.config.low_priority_core_quota
-        return used + vcpus <= quota
+    def _cores_in_use(self) -> list[quotas.InUse]:
+        """Every node the account holds (leaving ones no longer count), for the core quotas."""
+        out = []
+        for pool in self.state.pools.values():
+            size = self.state.vm_size(pool.rest["vmSize"])
+            out.extend(quotas.InUse(size.family if size else "custom", _vcpus(size), n.dedicated)
+                       for n in pool.nodes.values() if n.removing is None)
+        return out
 
     def _resize_error(self, pool: Pool, code: str, message: str) -> None:
         errors = pool.rest.setdefault("resizeErrors", [])

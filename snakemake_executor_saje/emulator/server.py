@@ -92,7 +92,7 @@ class Frontend:
             code = "TooManyRequests" if status == 429 else "ServerBusy"
             error = BatchError(status, code, "The server is busy; retry the request later." if status == 503 else
                                "The request rate is too high; retry after the interval in Retry-After.")
-            return Response.json(status, error.body(self.state.account_url, "fault"),
+            return Response.json(status, error.body(self.state.account_url, "fault", self.state.clock.iso_now()),
                                  {"Retry-After": str(faults.retry_after_seconds)})
         return self.api.handle(request)
 
@@ -110,7 +110,7 @@ class Frontend:
                 self.state.preempt_node(segments[1], segments[3])
                 return Response.empty(202)
         except BatchError as exc:
-            return Response.json(exc.status, exc.body(self.state.account_url, "control"))
+            return Response.json(exc.status, exc.body(self.state.account_url, "control", self.state.clock.iso_now()))
         except (ValueError, TypeError) as exc:
             return Response.json(400, {"code": "InvalidRequestBody", "message": str(exc)})
         return Response.json(404, {"code": "InvalidUri", "message": "Unknown emulator control endpoint."})

@@ -48,6 +48,16 @@ def _etag() -> str:
     return f"0x8D{uuid.uuid4().hex[:13].upper()}"
 
 
+def _check_dependencies(job: Job, body: dict[str, Any]) -> None:
+    """dependsOn needs a job created with usesTaskDependencies (REST reference, BatchTaskCreateOptions:
+    "the request fails with error code TaskDependenciesNotSpecifiedOnJob"; 400 in Batch status and
+    error codes)."""
+    if body.get("dependsOn") is not None and not job.rest.get("usesTaskDependencies"):
+        raise BatchError(400, "TaskDependenciesNotSpecifiedOnJob",
+                         "The task depends on other tasks, but its job does not use task dependencies: create the "
+                         "job with usesTaskDependencies set to true.")
+
+
 def check_id(value: Any, prop: str = "id") -> str:
     if value is None or value == "":
         raise errors.missing_property(prop)
@@ -120,6 +130,8 @@ class BatchState:
         # Nodes that have left their pool, with when they were allocated and removed: the
         # lifetimes Azure bills (kept in memory; tests check a run's node-hours against them).
         self.departed_nodes: list[dict[str, Any]] = []
+        # Whether a virtual network subnet exists (the ARM side's Microsoft.Network); None: none does.
+        self.subnet_exists: Callable[[str], bool] | None = None
         self._load()
 
     # ----------------------------------------------------------------- records and time
@@ -232,6 +244,11 @@ class BatchState:
             return self._vm_sizes.get((name or "").strip().lower())
         return catalogue.vm_size(name)
 
+    def vm_families(self) -> list[str]:
+        """The VM series of the sizes the account offers (each has a dedicated core quota)."""
+        sizes = self._vm_sizes.values() if self._vm_sizes is not None else catalogue.vm_sizes()
+        return sorted({size.family for size in sizes})
+
     def pool(self, pool_id: str) -> Pool:
         pool = self.pools.get(pool_id)
         if pool is None:
@@ -267,6 +284,7 @@ class BatchState:
         if size is None:
             raise errors.invalid_property("vmSize", body["vmSize"], "The specified VM size is not supported in this region.")
         self._check_vm_configuration(body)
+        self._check_subnet(body)
         self._check_scale_properties(body)
         slots = int(body.get("taskSlotsPerNode") or 1)
         if not 1 <= slots <= min(MAX_TASK_SLOTS_PER_NODE, 4 * size.vcpus):
@@ -359,6 +377,7 @@ class BatchState:
         if not vm:
             raise errors.missing_property("virtualMachineConfiguration")
         _require(vm, "imageReference", "nodeAgentSKUId")
+        self._check_support_life(vm["nodeAgentSKUId"])
         image = vm["imageReference"]
         if image.get("virtualMachineImageId"):
             known = self.gallery_image_exists
@@ -378,6 +397,31 @@ class BatchState:
             raise errors.invalid_property(
                 "nodeAgentSKUId", vm["nodeAgentSKUId"],
                 f"The node agent SKU does not match the image; this image needs {match['nodeAgentSKUId']}.",
+            )
+
+    def _check_support_life(self, node_agent: str) -> None:
+        """A node agent past its batchSupportEndOfLife (Ubuntu 20.04 after 2025-04-30) takes no new
+        pool, whatever the image, a gallery image built on that OS included (Azure/Batch#174)."""
+        end = catalogue.node_agent_end_of_life(node_agent)
+        if end is not None and self.clock.now() >= end:
+            raise errors.invalid_property(
+                "nodeAgentSKUId", node_agent,
+                f"Batch support for this node agent SKU ended on {end.date().isoformat()} (batchSupportEndOfLife "
+                "in the supported images list): new pools cannot use it. Choose a supported image and node agent, "
+                "e.g. canonical:ubuntu-24_04-lts:server with batch.node.ubuntu 24.04.",
+            )
+
+    def _check_subnet(self, body: dict[str, Any]) -> None:
+        """networkConfiguration.subnetId must name a subnet that exists (the ARM side knows which)."""
+        subnet = (body.get("networkConfiguration") or {}).get("subnetId")
+        if subnet is None:
+            return
+        exists = self.subnet_exists
+        if exists is None or not exists(subnet):
+            raise errors.invalid_property(
+                "subnetId", subnet,
+                "The specified subnet does not exist, or the Batch account cannot use it: create the virtual "
+                "network and subnet first (Microsoft.Network), in the Batch account's subscription and region.",
             )
 
     def _check_scale_properties(self, body: dict[str, Any]) -> None:
@@ -651,9 +695,17 @@ class BatchState:
                     self._release_node_tasks(node, option)
             elif action == "enablescheduling":
                 node.rest["schedulingState"] = "enabled"
-            elif action in ("reboot", "reimage"):
-                self._release_node_tasks(node, (body or {}).get("nodeRebootOption") or (body or {}).get("nodeReimageOption") or "requeue")
-                self.set_state(node.rest, "rebooting" if action == "reboot" else "reimaging", model="BatchNode")
+            elif action == "reimage":
+                # "This API can be invoked only on Pools created with the cloud service configuration
+                # property" (REST reference, Reimage Node); those pools are retired, so every pool here
+                # is a virtual machine one. The answer as the service gave it on a VM pool (recorded in
+                # azure-sdk-for-python, tests/recordings/test_batch.test_batch_compute_nodes.yaml).
+                raise BatchError(409, "OperationNotValidOnNode", "The specified operation is not valid on the node.",
+                                 [("Reason", "Operation reimage can be invoked only on pools created with "
+                                             "cloudServiceConfiguration")])
+            elif action == "reboot":
+                self._release_node_tasks(node, (body or {}).get("nodeRebootOption") or "requeue")
+                self.set_state(node.rest, "rebooting", model="BatchNode")
                 node.ready_at = 0.0
             self.save_node(node)
             self.notify()
@@ -899,6 +951,7 @@ class BatchState:
         body = self.validate_task(body, read)
         with self.lock:
             job = self._job_accepting_tasks(job_id)
+            _check_dependencies(job, body)
             if body["id"] in job.tasks:
                 raise errors.exists("Task")
             task = Task(self._task_rest(job, body), job.id)
@@ -917,13 +970,14 @@ class BatchState:
             for body in bodies:
                 try:
                     body = self.validate_task(body, read)
+                    _check_dependencies(job, body)
                     if body["id"] in job.tasks:
                         raise errors.exists("Task")
                 except BatchError as exc:
                     if exc.schema:
                         self.refused("create_task_collection", f"/jobs/{job_id}/addtaskcollection", exc)
                     results.append({"status": "clienterror", "taskId": body.get("id"),
-                                    "error": exc.body(self.account_url, str(uuid.uuid4()))})
+                                    "error": exc.body(self.account_url, str(uuid.uuid4()), self.clock.iso_now())})
                     continue
                 task = Task(self._task_rest(job, body), job.id)
                 job.tasks[task.id] = task

@@ -348,3 +348,52 @@ def test_image_pipeline_vm_run_command_gallery_version(clients, arm_emulator: Em
     with pytest.raises(ResourceNotFoundError):
         clients.compute.disks.get(rg, disk_name)
     assert arm_emulator.arm.image_root(version.id) is not None  # the image outlives its build VM
+
+
+NETWORK_API = "2024-05-01"
+
+
+def test_a_pool_joins_only_a_subnet_that_exists(clients, arm_emulator: Emulator):
+    """Microsoft.Network virtual networks and subnets (through azure-mgmt-resource's generic resource
+    calls), and the Batch side's check: a pool's subnetId must name one of them; a subnet in use by a
+    pool cannot be deleted."""
+    from azure.mgmt.resource.resources.models import GenericResource
+
+    rg = _group(clients)
+    _register_batch(clients)
+    account = _name("sajenet")
+    clients.batch.batch_account.begin_create(rg, account, {"location": "westeurope"}).result()
+    vnet_id = f"/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/saje-vnet"
+    subnet_id = f"{vnet_id}/subnets/batch"
+    resources = clients.resource.resources
+    vnet = resources.begin_create_or_update_by_id(vnet_id, GenericResource(
+        location="westeurope", properties={"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
+                                           "subnets": [{"name": "batch", "properties": {"addressPrefix": "10.0.1.0/24"}}]},
+    ), api_version=NETWORK_API).result()
+    assert vnet.properties["provisioningState"] == "Succeeded"
+    assert [s["id"] for s in vnet.properties["subnets"]] == [subnet_id]
+    assert resources.get_by_id(subnet_id, api_version=NETWORK_API).properties["addressPrefix"] == "10.0.1.0/24"
+
+    def pool(pool_id: str, subnet: str) -> dict:
+        return {"properties": {
+            "vmSize": "STANDARD_D2S_V3", "networkConfiguration": {"subnetId": subnet},
+            "deploymentConfiguration": {"virtualMachineConfiguration": {
+                "imageReference": {"publisher": "canonical", "offer": "ubuntu-24_04-lts", "sku": "server"},
+                "nodeAgentSkuId": "batch.node.ubuntu 24.04"}}}}
+
+    with pytest.raises(HttpResponseError) as err:  # no such subnet: the data plane's refusal, through ARM
+        clients.batch.pool.create(rg, account, "nosubnet", pool("nosubnet", f"{vnet_id}/subnets/missing"))
+    assert err.value.error.code == "InvalidPropertyValue" and "subnetId" in str(err.value)
+    assert arm_emulator.state.pools.get("nosubnet") is None
+    created = clients.batch.pool.create(rg, account, "onsubnet", pool("onsubnet", subnet_id))
+    assert created.network_configuration.subnet_id == subnet_id
+
+    with pytest.raises(HttpResponseError) as err:
+        resources.begin_delete_by_id(subnet_id, api_version=NETWORK_API).result()
+    assert err.value.error.code == "InUseSubnetCannotBeDeleted"
+    clients.batch.pool.begin_delete(rg, account, "onsubnet").result()
+    resources.begin_delete_by_id(vnet_id, api_version=NETWORK_API).result()
+    with pytest.raises(ResourceNotFoundError):
+        resources.get_by_id(subnet_id, api_version=NETWORK_API)
+    assert not arm_emulator.state.subnet_exists(subnet_id)
+    clients.batch.batch_account.begin_delete(rg, account).result()

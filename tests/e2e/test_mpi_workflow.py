@@ -181,7 +181,8 @@ def test_preempted_spot_mpi_task_is_requeued(tmp_path, monkeypatch):
     (wf / "Snakefile").write_text(SPOT_SNAKEFILE)
     image = _image_env("openmpi")
     monkeypatch.setenv("PATH", image["PATH"])  # the in-process emulator's nodes inherit it
-    emu = Emulator(tmp_path / "emulator", with_azurite=True, time_scale=TIME_SCALE)
+    # A new account's Spot quota (100 cores) holds no HB120 node: this account was granted two.
+    emu = Emulator(tmp_path / "emulator", with_azurite=True, time_scale=TIME_SCALE, low_priority_core_quota=240)
     emu.start()
     try:
         env = {**image, **client_environment(emu)}

@@ -173,7 +173,7 @@ class BatchProvider:
             raise bad_request(f"The value '{mode}' is not valid for poolAllocationMode: BatchService or UserSubscription.",
                               "properties.poolAllocationMode")
         auto_storage = self._auto_storage(ctx, rid, props["autoStorage"]) if props.get("autoStorage") else None
-        quota = self.arm.emulator.config
+        quota = self.arm.emulator.config.core_quotas
         properties: dict[str, Any] = {
             "provisioningState": "Creating", "poolAllocationMode": mode,
             "publicNetworkAccess": props.get("publicNetworkAccess", "Enabled"),
@@ -181,9 +181,11 @@ class BatchProvider:
             "poolQuota": 100, "activeJobAndJobScheduleQuota": 300, "networkProfile": props.get("networkProfile") or {},
         }
         if mode == "BatchService":
-            properties.update({"dedicatedCoreQuota": quota.dedicated_core_quota,
-                               "lowPriorityCoreQuota": quota.low_priority_core_quota,
-                               "dedicatedCoreQuotaPerVMFamilyEnforced": False})
+            # The data plane enforces the total and every series' quota (quotas.py), so the flag is true.
+            properties.update({"dedicatedCoreQuota": quota.dedicated, "lowPriorityCoreQuota": quota.low_priority,
+                               "dedicatedCoreQuotaPerVMFamily": [{"name": family, "coreQuota": quota.family(family)}
+                                                                 for family in self.arm.state.vm_families()],
+                               "dedicatedCoreQuotaPerVMFamilyEnforced": True})
         if props.get("keyVaultReference"):
             properties["keyVaultReference"] = props["keyVaultReference"]
         if auto_storage:

@@ -5,7 +5,7 @@ Routes (paths case-insensitive, as ARM's are; `api-version` required on every re
   /subscriptions/{sub}/providers[/{ns}[/register|/unregister]]
   /subscriptions/{sub}/resourcegroups[/{rg}]               PUT GET HEAD PATCH DELETE(LRO) list
   /subscriptions/{sub}/resourcegroups/{rg}/resources       list
-  .../providers/Microsoft.Storage|Batch|Compute/...        see storage.py, batch.py, compute.py
+  .../providers/Microsoft.Storage|Batch|Compute|Network/...  see storage.py, batch.py, compute.py, network.py
   {scope}/providers/Microsoft.Authorization/roleAssignments|roleDefinitions[/{id}]
   /subscriptions/{sub}/providers/{ns}/locations/{loc}/operationStatuses|operationResults/{id}
 """
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..datadir import make_private_dir
 from ..wire import Request, Response
-from . import authorization, batch, compute, storage
+from . import authorization, batch, compute, network, storage
 from .core import (
     OWNER, ArmError, Operation, Operations, Registry, authorization_failed, bad_request, is_within,
     json_response, public, role_allows, role_by_name,
@@ -43,7 +43,7 @@ PROVIDER_TYPES = {
     "Microsoft.Storage": ["storageAccounts", "storageAccounts/blobServices", "checkNameAvailability", "locations"],
     "Microsoft.Compute": ["virtualMachines", "disks", "galleries", "galleries/images", "galleries/images/versions",
                           "locations"],
-    "Microsoft.Network": ["virtualNetworks", "networkInterfaces", "publicIPAddresses"],
+    "Microsoft.Network": ["virtualNetworks", "virtualNetworks/subnets"],
     "Microsoft.Resources": ["resourceGroups", "subscriptions", "tenants"],
     "Microsoft.Authorization": ["roleAssignments", "roleDefinitions"],
 }
@@ -100,15 +100,25 @@ class ArmService:
         self.batch = batch.BatchProvider(self)
         self.compute = compute.ComputeProvider(self)
         self.authorization = authorization.AuthorizationProvider(self)
+        self.network = network.NetworkProvider(self, subnet_in_use=self._pool_on_subnet)
         self._namespaces = {"microsoft.storage": self.storage, "microsoft.batch": self.batch,
-                            "microsoft.compute": self.compute}
+                            "microsoft.compute": self.compute, "microsoft.network": self.network}
         # Pools of the Batch data plane may use gallery image versions made here.
         self.state.gallery_image_exists = self.compute.image_usable_by_batch
         self.state.gallery_image_root = self.compute.image_root
         # Pools and tasks may reference application packages uploaded here.
         self.state.application_package = self.batch.applications.resolve
+        # ... and must name a subnet that exists here.
+        self.state.subnet_exists = self.network.subnet_exists
 
     # ----------------------------------------------------------------- public helpers
+    def _pool_on_subnet(self, subnet_id: str) -> str | None:
+        with self.state.lock:
+            for pool in self.state.pools.values():
+                if ((pool.rest.get("networkConfiguration") or {}).get("subnetId") or "").lower() == subnet_id.lower():
+                    return f"Batch pool {pool.id}"
+        return None
+
     def iso_now(self) -> str:
         """ARM's timestamps come from the same service clock as the Batch data plane's."""
         return self.state.clock.iso_now()
@@ -297,7 +307,7 @@ class ArmService:
             raise ArmError(404, "NoRegisteredProviderFound",
                            f"No registered resource provider found for location and API version '{ctx.api_version}' "
                            f"in namespace '{namespace}'. The emulator serves Microsoft.Storage, Microsoft.Batch, "
-                           "Microsoft.Compute, Microsoft.Authorization and Microsoft.Resources.")
+                           "Microsoft.Compute, Microsoft.Network, Microsoft.Authorization and Microsoft.Resources.")
         self.require_registered(ctx, self._canonical_namespace(namespace))
         return provider
 
