@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.conftest import TIME_SCALE
+
 VENV_BIN = Path(sys.executable).parent
 _EXPORT = re.compile(r"^\s*export (\w+)='(.*)'$")
 READY_LINE = "Ctrl-C (or saje emulator stop)"
@@ -22,8 +24,7 @@ READY_LINE = "Ctrl-C (or saje emulator stop)"
 class EmulatorProcess:
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None):
         self.data_dir = data_dir
-        self.args = ["--data-dir", str(data_dir), "--node-boot-seconds", "0.05", "--autoscale-min-interval", "1",
-                     *args]
+        self.args = ["--data-dir", str(data_dir), "--time-scale", str(TIME_SCALE), *args]
         self.env = env if env is not None else {k: v for k, v in os.environ.items()
                                                  if not k.startswith(("SNAKEMAKE_SAJE_", "AZURE", "AZURITE"))}
         self.proc: subprocess.Popen | None = None
