@@ -21,6 +21,9 @@ from typing import Any, Iterable
 from .prices import PriceTable
 
 RECORDS_FILE = "records.json"
+# The records' moments (POSIX seconds here, ISO 8601 in the files).
+TIME_FIELDS = frozenset({"submitted", "started", "ended", "allocated", "first_seen", "last_seen", "missing_at",
+                         "preempted_at", "deleted", "time"})
 SUMMARY_FILE = "summary.json"
 FORMAT = 1
 
@@ -170,11 +173,7 @@ class RunRecord:
     # ------------------------------------------------------------------ (de)serialization
     def to_json(self) -> dict[str, Any]:
         def times(obj: Any) -> dict[str, Any]:
-            row = asdict(obj)
-            for f in fields(obj):
-                if f.type in ("float | None", "float") and f.name not in ("time",) and isinstance(row[f.name], float):
-                    row[f.name] = iso(row[f.name])
-            return row
+            return {name: iso(value) if name in TIME_FIELDS else value for name, value in asdict(obj).items()}
 
         nodes = []
         for node in self.nodes.values():
@@ -190,21 +189,15 @@ class RunRecord:
             "pools": [times(p) for p in self.pools.values()],
             "tasks": [times(t) for t in self.tasks.values()],
             "nodes": nodes,
-            "samples": [{**asdict(s), "time": iso(s.time)} for s in self.samples],
+            "samples": [times(s) for s in self.samples],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RunRecord":
         def build(kind: type, row: dict[str, Any]) -> Any:
-            names = {f.name: f for f in fields(kind)}
-            values = {}
-            for name, value in row.items():
-                if name not in names:
-                    continue
-                if names[name].type in ("float | None", "float") and isinstance(value, str):
-                    value = seconds(value)
-                values[name] = value
-            return kind(**values)
+            names = {f.name for f in fields(kind)}
+            return kind(**{name: seconds(value) if name in TIME_FIELDS else value
+                           for name, value in row.items() if name in names})
 
         record = cls(data["runId"], seconds(data["started"]) or 0.0, data.get("endpoint", ""), bool(data.get("emulated")),
                      seconds(data.get("firstSubmission")), seconds(data.get("firstRunningSeen")), seconds(data.get("ended")))
@@ -221,7 +214,7 @@ class RunRecord:
             node = build(NodeRecord, {**row, "states": []})
             node.states = [(seconds(t) or 0.0, s) for t, s in row.get("states") or []]
             record.nodes[f"{node.pool_id}/{node.node_id}"] = node
-        record.samples = [Sample(**{**s, "time": seconds(s["time"]) or 0.0}) for s in data.get("samples") or []]
+        record.samples = [build(Sample, s) for s in data.get("samples") or []]
         return record
 
 

@@ -192,6 +192,9 @@ def test_records_round_trip_and_feed_the_report(run):
     assert again == json.loads(json.dumps(summary))
     assert runrecord.summarize(record) == summary
     assert record.tasks["a-2-a1"].log_dir == "logs/a-2" and record.tasks["b-3-a2"].peak_memory_mb == 512.0
+    written = json.loads((obs.directory / runrecord.RECORDS_FILE).read_text())
+    task = next(t for t in written["tasks"] if t["task_id"] == "b-3-a2")
+    assert task["peak_memory_mb"] == 512.0 and task["started"] == "2025-06-15T15:06:52.000Z"  # numbers stay numbers
     page = report.render(record, summary, obs.directory)
     for task_id in record.tasks:
         assert task_id in page
