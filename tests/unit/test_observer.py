@@ -237,3 +237,19 @@ def test_peak_memory_from_benchmark_files(tmp_path):
     bench.write_text("s\th:m:s\tmax_rss\tmax_vms\n1.2\t0:00:01\t120.5\t300\n1.0\t0:00:01\tNA\t1\n")
     assert observer.peak_memory_mb([bench, tmp_path / "missing.tsv"]) == 120.5
     assert observer.peak_memory_mb([]) is None
+
+
+def test_saje_report_command_picks_the_latest_run_and_names_the_others(run, tmp_path, capsys):
+    from snakemake_executor_saje.cli import main
+
+    assert main(["--json", "report", "--dir", str(tmp_path)]) == 3
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "RunNotFound"
+    obs, clock, _ = run
+    _a_run(obs, clock)
+    obs.finish()
+    assert main(["--json", "report", "--dir", str(tmp_path)]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["run"] == "r1" and Path(made["report"]) == obs.directory / report.REPORT_FILE
+    assert Path(made["report"]).read_text().startswith("<!DOCTYPE html>")
+    assert main(["--json", "report", "r0", "--dir", str(tmp_path)]) == 3
+    assert "latest last: r1" in json.loads(capsys.readouterr().out)["error"]["message"]
