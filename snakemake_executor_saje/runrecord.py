@@ -122,10 +122,16 @@ class NodeRecord:
     states: list[tuple[float, str]] = field(default_factory=list)  # (Batch stateTransitionTime, state)
 
     def billed(self, start: float, until: float) -> float:
-        """Seconds Azure bills this node within [start, until]: from allocation to its release
-        (preemption ends billing, as does leaving the pool)."""
-        end = min(x for x in (self.preempted_at, self.ended, until) if x is not None)
-        return max(0.0, end - max(self.allocated, start))
+        """Seconds Azure bills this node within [start, until]: from its allocation until it left
+        the pool, less the time it spent preempted or deallocated (Azure may restore a preempted
+        Spot node within 48 hours; it is billed again from then)."""
+        end = min(x for x in (self.ended, until) if x is not None)
+        cursor, billing, total = max(self.allocated, start), True, 0.0
+        for moment, state in sorted(self.states):
+            moment = min(max(moment, cursor), end)
+            total += moment - cursor if billing else 0.0
+            cursor, billing = moment, state not in UNBILLED_STATES
+        return total + (max(0.0, end - cursor) if billing else 0.0)
 
 
 @dataclass

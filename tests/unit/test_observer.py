@@ -202,6 +202,15 @@ def test_records_round_trip_and_feed_the_report(run):
     assert "https://cdn" not in page.split("</script>", 1)[1]  # plotly.js is inline, nothing fetched
 
 
+def test_a_restored_spot_node_is_billed_again_from_its_return():
+    n = runrecord.NodeRecord("p", "n", "standard_d2s_v5", False, T0 + 10, T0 + 10, T0 + 90,
+                             states=[(T0 + 10, "creating"), (T0 + 15, "idle"), (T0 + 40, "preempted"), (T0 + 70, "idle")])
+    assert n.billed(T0, T0 + 100) == pytest.approx(30 + 30)
+    assert n.billed(T0 + 50, T0 + 100) == pytest.approx(30)  # only the run's share of a pool it did not create
+    n.ended = T0 + 80
+    assert n.billed(T0, T0 + 100) == pytest.approx(30 + 10)
+
+
 def test_lanes_keep_overlapping_tasks_of_a_node_apart():
     T = runrecord.TaskRecord
     tasks = [T("x", "j", "p", "r", 1, 1, T0, node_id="n", started=T0, ended=T0 + 10),
