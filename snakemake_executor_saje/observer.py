@@ -145,10 +145,13 @@ class RunObserver:
 
     def submitted(self, batch_job: str, pool_id: str, tasks: Iterable[tuple[str, Any]]) -> None:
         """Tasks just created in `batch_job`: (task id, its job's mapping.JobSpec: rule, jobid, attempt)."""
+        self._safely(self._submitted, batch_job, pool_id, list(tasks))
+
+    def _submitted(self, batch_job: str, pool_id: str, tasks: list[tuple[str, Any]]) -> None:
         now = self.clock()
         ids = []
         for task_id, spec in tasks:
-            self.record.tasks[task_id] = TaskRecord(task_id, batch_job, pool_id, spec.rule, int(spec.jobid),
+            self.record.tasks[task_id] = TaskRecord(task_id, batch_job, pool_id, spec.rule, str(spec.jobid),
                                                     int(spec.attempt), now)
             ids.append(task_id)
         if not ids:

@@ -85,7 +85,7 @@ class TaskRecord:
     batch_job: str
     pool_id: str
     rule: str
-    jobid: int
+    jobid: str  # Snakemake's job id: a number, or a UUID for a group job
     attempt: int
     submitted: float
     outcome: str = "unfinished"  # succeeded | failed | unfinished (the run ended first)

@@ -99,6 +99,18 @@ def test_submission_line_names_the_batch_job_and_tasks(run):
     assert obs.record.first_submission == T0
 
 
+def test_a_group_job_is_recorded_under_its_uuid(run, tmp_path):
+    """Snakemake names a group job by a UUID, not a number: it is recorded and round-trips."""
+    obs, _, log = run
+    group = "db924d7a-25db-52ee-8602-be4b7d17c071"
+    obs.submitted("p-job", "p", [(f"grp-{group}-a1", spec("grp", group))])
+    assert obs.record.tasks[f"grp-{group}-a1"].jobid == group
+    assert not obs.complained
+    obs.finish()
+    record, _ = runrecord.load(obs.directory)
+    assert record.tasks[f"grp-{group}-a1"].jobid == group
+
+
 def test_progress_lines_when_something_changed_at_most_every_interval(run):
     obs, clock, log = run
     obs.submitted("p-job", "p", [(f"a-{i}-a1", spec("a", i)) for i in range(4)])
