@@ -294,11 +294,16 @@ def test_batch_tasks(batch_client, made):
             batch_client.create_tasks(job_id, too_big, max_concurrency=concurrency)
         assert info.value.errors[-1].error.code == "RequestBodyTooLarge"
 
-    # Bulk add success: 733 tasks whose chunks of 100 are over the limit, split by the SDK until they fit.
+    # Bulk add success: tasks whose chunk of 100 is over the limit (the service refuses it whole),
+    # split by the SDK until they fit. The SDK's test adds 733; 150 make one chunk the SDK must
+    # split and one it need not, the two paths of its splitting, at a fifth of the cost.
     files = files[:100]
-    many = [models.BatchTaskCreateOptions(id=f"mytask{i}", command_line="sleep 1", resource_files=files) for i in range(733)]
+    many = [models.BatchTaskCreateOptions(id=f"mytask{i}", command_line="sleep 1", resource_files=files) for i in range(150)]
+    with pytest.raises(HttpResponseError) as info:
+        batch_client.create_task_collection(job_id, models.BatchTaskGroup(task_values=many[:100]))
+    assert info.value.status_code == 413 and info.value.error.code == "RequestBodyTooLarge"
     result = batch_client.create_tasks(job_id, many)
-    assert len(result.result_values) == 733
+    assert len(result.result_values) == 150
     assert all(r.status == models.BatchTaskAddStatus.SUCCESS for r in result.result_values)
 
 

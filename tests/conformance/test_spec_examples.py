@@ -1,5 +1,8 @@
-"""Replay of the Batch REST spec's published examples (api-version 2025-06-01) on the emulator.
+"""Replay of the Batch REST spec's published examples on the emulator.
 
+The examples are api-version 2025-06-01's; an operation with none there is replayed with its
+example of 2024-02-01.19.0, sent as 2025-06-01 (the operation, its body and its answer are the same
+in both versions' SDK models) and checked against the 2025-06-01 schema.
 Each example in examples/ (see its README for the source) is sent as its request says, through
 the SDK's pipeline with shared-key auth. Only ids and preconditions are adapted: the ids the
 example names are mapped to resources this test makes first (the pool a "get node" example reads,
@@ -22,7 +25,7 @@ from azure.batch import models
 
 from snakemake_executor_saje import catalogue
 from tests.conftest import IMAGE, NODE_AGENT, VM_SIZE, completed, idle_nodes, make_pool, unique_id
-from tests.conformance.conftest import assert_body, assert_conforms, send
+from tests.conformance.conftest import API_VERSION, assert_conforms, send
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.json"))
 
@@ -34,17 +37,30 @@ SERVICE_ANSWERS_OTHERWISE = {
                           "on a VM pool the service answered 409 OperationNotValidOnNode (azure-sdk-for-python, "
                           "tests/recordings/test_batch.test_batch_compute_nodes.yaml): every emulated pool is a VM one"),
 }
-# Examples whose request uses a feature the emulator does not have; listed in docs/emulator.md.
+# Examples whose request carries a property azure-batch 15.x (the emulator's schema source) lacks:
+# the property the emulator refuses, and why it is absent. Listed in docs/emulator.md.
 NOT_APPLICABLE = {
-    "Pools_ReplacePoolProperties": "its body carries certificateReferences: certificates are retired (deprecated "
-                                   "since 2024-02) and absent from azure-batch 15.x, the emulator's schema source",
+    "Pools_ReplacePoolProperties": ("certificateReferences", "certificates are retired (deprecated since 2024-02) "
+                                    "and absent from azure-batch 15.x"),
+    "Pools_CreatePool_ResourceTags": ("resourceTags", "in the REST spec for 2025-06-01 but not in azure-batch 15.x"),
 }
+
+# Examples whose status code contradicts their own operation's declared one (the SDK's, generated
+# from the same TypeSpec): the replay expects the operation's.
+STATUS_CONTRADICTS_OPERATION = {
+    "Pools_Update_CustomerManagedKey_ForBatchManagedAccounts": "answers 201 to a PATCH the operation declares 200 "
+                                                               "for (as does the example Pools_UpdatePool)",
+}
+# Properties some examples' own bodies carry that the 2025-06-01 response model (azure-batch 15.x) lacks;
+# the emulator does not send them (issue 9, item 4).
+BEYOND_MODEL = {"currentNodeCommunicationMode"}
 
 FILE_TEXT = "0123456789abcdef\n"  # 17 bytes, the size the file examples report
 
 
 # Operations the SDK names otherwise than the spec's operationId does.
-SDK_NAMES = {"get_task_file": "download_task_file", "get_node_file": "download_node_file"}
+SDK_NAMES = {"get_task_file": "download_task_file", "get_node_file": "download_node_file",
+             "list_sub_tasks": "list_subtasks"}
 
 
 def operation_name(operation_id: str) -> str:
@@ -63,6 +79,16 @@ class World:
 
     def pool(self, *, nodes: int = 0, **extra: Any) -> str:
         pool_id = make_pool(self.client, unique_id("replay"), dedicated=nodes, **extra)
+        self.pools.append(pool_id)
+        return pool_id
+
+    def container_pool(self) -> str:
+        """A pool without nodes whose nodes would run container tasks."""
+        pool_id = unique_id("replay")
+        self.client.create_pool(models.BatchPoolCreateOptions(
+            id=pool_id, vm_size=VM_SIZE, target_dedicated_nodes=0, virtual_machine_configuration=models.VirtualMachineConfiguration(
+                image_reference=models.BatchVmImageReference(**IMAGE), node_agent_sku_id=NODE_AGENT,
+                container_configuration=models.BatchContainerConfiguration(type="dockerCompatible"))))
         self.pools.append(pool_id)
         return pool_id
 
@@ -117,6 +143,12 @@ def prepare(world: World, example: dict[str, Any]) -> tuple[dict[str, str], dict
         body["id"] = unique_id("replay")
         world.pools.append(body["id"])
         _offered_pool(body)
+        if "mountConfiguration" in body or "containerConfiguration" in body["virtualMachineConfiguration"]:
+            # Its nodes would need the example's shares reachable and its image in the machine's
+            # container storage (host preconditions); the create answer is what is replayed.
+            body["targetDedicatedNodes"] = 0
+    elif op in ("Pools_ListPools", "Pools_ListPoolNodeCounts", "Pools_ListSupportedImages"):
+        world.pool(nodes=1)  # something to list
     elif op in ("Pools_EvaluatePoolAutoScale", "Pools_DisablePoolAutoScale"):
         path["poolId"] = world.pool(enable_auto_scale=True, auto_scale_formula="$TargetDedicatedNodes = 0;",
                                     auto_scale_evaluation_interval="PT5M")
@@ -142,8 +174,20 @@ def prepare(world: World, example: dict[str, Any]) -> tuple[dict[str, str], dict
         if body and "poolInfo" in body:
             body["poolInfo"]["poolId"] = world.client.get_job(path["jobId"]).pool_info.pool_id
     elif op in ("Tasks_CreateTask", "Tasks_CreateTaskCollection"):
-        path["jobId"] = world.job()  # a pool without nodes: the tasks are accepted and wait
-    elif op in ("Tasks_ReplaceTask", "Tasks_TerminateTask", "Tasks_GetTask"):
+        # A pool without nodes: the tasks are accepted and wait. A container task's pool runs containers.
+        path["jobId"] = world.job(world.container_pool() if "containerSettings" in (body or {}) else None)
+    elif op == "Tasks_ListTasks":
+        path["jobId"] = world.job()
+        for task_id in ("task1", "task2"):
+            world.client.create_task(path["jobId"], models.BatchTaskCreateOptions(id=task_id, command_line="/bin/true"))
+    elif op == "Tasks_ListSubTasks":
+        pool_id = world.pool(nodes=2, enable_inter_node_communication=True, task_slots_per_node=1)
+        path["jobId"], path["taskId"] = world.job(pool_id), unique_id("t")
+        world.client.create_task(path["jobId"], models.BatchTaskCreateOptions(
+            id=path["taskId"], command_line="/bin/true",
+            multi_instance_settings=models.MultiInstanceSettings(number_of_instances=2, coordination_command_line="/bin/true")))
+        completed(world.client, path["jobId"], path["taskId"])
+    elif op in ("Tasks_ReplaceTask", "Tasks_TerminateTask", "Tasks_GetTask", "Tasks_DeleteTask"):
         path["jobId"] = world.job()
         path["taskId"] = unique_id("t")
         world.client.create_task(path["jobId"], models.BatchTaskCreateOptions(id=path["taskId"], command_line="/bin/true"))
@@ -188,8 +232,9 @@ def test_spec_example_of_a_feature_not_emulated_is_refused_naming_it(example_fil
     """What the emulator does not have is refused loudly (never accepted and ignored): the
     request reader names the property, as it does for any property the schema lacks."""
     reply, _, _ = _replay(example_file, world, batch_client, batch_schema)
+    prop, _why = NOT_APPLICABLE[example_file.stem]
     assert reply.status == 400 and reply.code == "InvalidRequestBody", reply.body
-    assert "certificateReferences" in reply.values.get("Reason", ""), reply.body
+    assert f"'{prop}'" in reply.values.get("Reason", ""), reply.body
 
 
 @pytest.mark.parametrize("example_file", OTHERWISE, ids=[p.stem for p in OTHERWISE])
@@ -204,16 +249,29 @@ def test_spec_example_the_service_contradicts_gets_the_services_answer(example_f
 def test_spec_example_replays(example_file: Path, world: World, batch_client, batch_schema):
     reply, op, example = _replay(example_file, world, batch_client, batch_schema)
     expected_status, expected = next(iter(example["responses"].items()))  # exists: 200 (404 is the other case)
-    assert reply.status == int(expected_status), reply.body
+    if example_file.stem in STATUS_CONTRADICTS_OPERATION:
+        assert reply.status in op.statuses, reply.body
+    else:
+        assert reply.status == int(expected_status), reply.body
     if op.response is None and op.method == "GET":  # a file download: the body is the file
         assert reply.body == FILE_TEXT and reply.headers["content-length"] == expected["Content-Length"]
         reply.body = None
     assert_conforms(batch_schema, op, reply, sent_client_request_id=True)
     if op.response and expected.get("body") is not None:  # the example's own body obeys the same schema
-        assert_body(batch_schema, op, expected["body"])
+        assert _example_body_problems(batch_schema, op, expected["body"]) == []
     if op.name == "create_task_collection":  # and each task fares as the example says
         outcome = {r["taskId"]: r["status"] for r in reply.body["value"]}
         assert outcome == {r["taskId"]: r["status"] for r in expected["body"]["value"]}, reply.body
+
+
+def _example_body_problems(batch_schema, op, body) -> list[str]:
+    """What in an example's own answer the response model does not describe, apart from enum casing
+    (the SDK reads every enum without regard to case: CaseInsensitiveEnumMeta; recorded answers
+    say "Spread", "None") and the properties of BEYOND_MODEL."""
+    items = body["value"] if op.paged else [body]
+    return [str(p) for item in items for p in batch_schema.problems(op.response, item, request=False)
+            if not (p.kind == "enum" and batch_schema.canonical_enum(p.expected["enum"], str(p.value)))
+            and not (p.kind == "unknown" and p.path.rsplit(".", 1)[-1] in BEYOND_MODEL)]
 
 
 def _replay(example_file: Path, world: World, batch_client, batch_schema):
@@ -231,7 +289,8 @@ def _replay(example_file: Path, world: World, batch_client, batch_schema):
     headers = {"client-request-id": params["client-request-id"]}
     if "ocp-date" in params:  # the request's own time: shared-key auth refuses a date long past
         headers["ocp-date"] = formatdate(usegmt=True)
-    reply = send(batch_client, op.method, path + (f"?{query}" if query else ""), body,
-                 api_version=params["api-version"], headers=headers)
+    version = params["api-version"] if params["api-version"].startswith(API_VERSION) else API_VERSION
+    reply = send(batch_client, op.method, path + (f"?{query}" if query else ""), body, api_version=version,
+                 headers=headers)
     return reply, op, example
 

@@ -94,6 +94,21 @@ def test_a_mount_that_fails_leaves_the_node_unusable_with_the_mount_error(emulat
         client.close()
 
 
+def test_two_file_systems_at_one_path_are_accepted_and_fail_on_the_node(batch_client):
+    """The REST spec's example Pools_CreatePool_MountConfiguration (201) mounts two shares at one
+    path: the service accepts the pool; the node cannot mount both, and is unusable."""
+    pool_id = unique_id("samemnt")
+    batch_client.create_pool(pool_options(pool_id, mount_configuration=[nfs("same"), nfs("same", "10.0.0.5:/other")]))
+    try:
+        node = wait_for(lambda: next((n for n in batch_client.list_nodes(pool_id) if n.state == "unusable"), None), 60,
+                        what="the node to be unusable")
+        error = node.errors[0]
+        assert error.code == "MountConfigurationError"
+        assert {d.name: d.value for d in error.error_details}["MountConfigurationPath"] == "same"
+    finally:
+        batch_client.begin_delete_pool(pool_id)
+
+
 def test_container_tasks_see_the_pools_mounts(batch_client):
     image = images.small_image()
     pool_id = unique_id("ctrmnt")
@@ -118,7 +133,6 @@ def test_container_tasks_see_the_pools_mounts(batch_client):
 
 @pytest.mark.parametrize("mounts, reason", [
     ([nfs(f"m{i}", f"10.0.0.4:/e{i}") for i in range(11)], "at most 10"),
-    ([nfs("same"), nfs("same", "10.0.0.5:/other")], "same relativeMountPath"),
     ([models.MountConfiguration(nfs_mount_configuration=models.NfsMountConfiguration(source="s", relative_mount_path="a"),
                                 cifs_mount_configuration=models.CifsMountConfiguration(
                                     username="u", password="p", source="//s/x", relative_mount_path="b"))], "exactly one"),
