@@ -58,6 +58,26 @@ def test_pool_bodies_of_each_profile_validate(profile, job):
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=[p.parent.name for p in PROFILES])
+def test_pool_bodies_of_each_profile_are_accepted_by_the_service(profile, batch_client):
+    """Beyond the schema, Azure's limits: the autoscale interval (5 minutes to 168 hours), the
+    resize timeout (at least 5 minutes), the image's support life, the VM size, the inter-node
+    pool size. Each profile's pools, sent as azure-batch sends them, are created."""
+    from tests.conformance.conftest import send
+    from tests.conftest import unique_id
+
+    settings = profile_settings(profile)
+    for job in (FANOUT, MPI_JOB):
+        spec = pools.pool_spec(pools.pool_class_for(job, settings), settings, "run1", snakemake_version="9.0.0",
+                               pool_id=unique_id("profile"))
+        body = wire(spec)
+        reply = send(batch_client, "POST", "/pools", body)
+        try:
+            assert reply.status == 201, (profile.parent.name, job.rule, reply.body)
+        finally:
+            send(batch_client, "DELETE", f"/pools/{body['id']}")
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.parent.name for p in PROFILES])
 @pytest.mark.parametrize("job", [FANOUT, MPI_JOB], ids=["htc", "mpi"])
 def test_task_bodies_of_the_examples_validate(profile, job):
     settings = profile_settings(profile)
