@@ -224,6 +224,22 @@ EMULATED_NOT = [p for p in EXAMPLES if p.stem in NOT_APPLICABLE]
 
 def test_every_example_not_applicable_is_one_of_the_replayed_files():
     assert sorted(NOT_APPLICABLE) == sorted(p.stem for p in EMULATED_NOT)
+    assert {p.stem for p in EXAMPLES} >= set(STATUS_CONTRADICTS_OPERATION)
+
+
+def test_every_operation_the_emulator_serves_has_an_example(batch_client, batch_schema):
+    """Each operation of the schema is sent once, its ids made up: an operation the emulator serves
+    answers anything but InvalidUri/UnsupportedHttpVerb (PoolNotFound, say), and must be among the
+    examples' operations; one it does not serve is refused so (docs/emulator.md, Fidelity)."""
+    replayed = {operation_name(json.loads(p.read_text())["operationId"]) for p in EXAMPLES}
+    served, unserved = set(), set()
+    for op in batch_schema.operations:
+        path = re.sub(r"\{\w+\}", "none", op.path)
+        method = "GET" if op.method == "HEAD" else op.method  # a HEAD answer has no error body to read
+        reply = send(batch_client, method, path, {} if op.body else None)
+        (unserved if reply.code in ("InvalidUri", "UnsupportedHttpVerb") else served).add(op.name)
+    assert served - replayed == set()
+    assert "list_job_schedules" in unserved and "create_pool" in served  # the probe tells them apart
 
 
 @pytest.mark.parametrize("example_file", EMULATED_NOT, ids=[p.stem for p in EMULATED_NOT])
