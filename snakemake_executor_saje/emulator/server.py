@@ -1,7 +1,7 @@
 """The HTTP(S) front end: parses requests, authenticates, injects faults, and routes.
 
 Routes: `/msi/token` (the managed-identity token endpoint), `/_saje/...` (emulator control:
-faults, preemption), ARM paths (`/subscriptions/...`, `/providers/...`) when an ARM handler is
+faults, an outage, preemption), ARM paths (`/subscriptions/...`, `/providers/...`) when an ARM handler is
 mounted, and everything else to the Batch data plane.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import ssl
 import sys
 import threading
@@ -32,6 +33,31 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
+    def __init__(self, *args, **kwargs) -> None:
+        self.connections: set = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address) -> None:
+        with self._connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        """Reset every open (keep-alive) connection, as a network outage does."""
+        with self._connections_lock:
+            open_now = list(self.connections)
+        for conn in open_now:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def handle_error(self, request, client_address) -> None:
         """A client that hangs up (or a dropped-connection fault) is routine, not a traceback."""
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
@@ -53,11 +79,13 @@ class Frontend:
         self.arm = arm
         self.request_counts: dict[str, int] = {}
         self._count_lock = threading.Lock()
+        self.on_outage: Callable[[float], None] = lambda seconds: None  # set by the service
 
-    def count(self, request: Request) -> None:
-        kind = f"{request.method} {_shape(request.raw_path)}"
+    def count(self, request: Request) -> str:
+        kind = request_kind(request)
         with self._count_lock:
             self.request_counts[kind] = self.request_counts.get(kind, 0) + 1
+        return kind
 
     def handle(self, request: Request) -> Response | None:
         """The response, or None to drop the connection (an injected fault)."""
@@ -81,7 +109,7 @@ class Frontend:
                 return Response.json(401, {"error": {"code": "AuthenticationFailed",
                                                      "message": "Azure Resource Manager needs a bearer token."}})
             return self.arm(request)
-        self.count(request)
+        kind = self.count(request)
         faults = self.state.faults
         if faults.slow_seconds:
             time.sleep(faults.slow_seconds)
@@ -94,7 +122,10 @@ class Frontend:
                                "The request rate is too high; retry after the interval in Retry-After.")
             return Response.json(status, error.body(self.state.account_url, "fault", self.state.clock.iso_now()),
                                  {"Retry-After": str(faults.retry_after_seconds)})
-        return self.api.handle(request)
+        response = self.api.handle(request)
+        if faults.take_lost_reply(kind):
+            return None
+        return response
 
     def _control(self, request: Request) -> Response:
         segments = request.segments[1:]
@@ -104,6 +135,15 @@ class Frontend:
                 return Response.json(200, self.state.faults.as_dict())
             if segments == ["faults"] and request.method == "GET":
                 return Response.json(200, self.state.faults.as_dict())
+            if segments == ["outage"] and request.method == "POST":
+                seconds = float((request.json() or {}).get("seconds", 0))
+                if not 0 < seconds <= 3600:
+                    raise ValueError("outage needs 0 < seconds <= 3600")
+                # After this reply has gone out: the server must answer before it stops listening.
+                timer = threading.Timer(0.1, self.on_outage, args=(seconds,))
+                timer.daemon = True
+                timer.start()
+                return Response.empty(202)
             if segments == ["requests"] and request.method == "GET":
                 return Response.json(200, dict(self.request_counts))
             if len(segments) == 5 and segments[0] == "pools" and segments[2] == "nodes" and segments[4] == "preempt":
@@ -117,6 +157,11 @@ class Frontend:
 
 
 _ID_SEGMENT = re.compile(r"^(pools|jobs|tasks|nodes|files)$")
+
+
+def request_kind(request: Request) -> str:
+    """'POST /jobs/{}/addtaskcollection': what request counts and the lost-reply fault key on."""
+    return f"{request.method} {_shape(request.raw_path)}"
 
 
 def _shape(path: str) -> str:
@@ -174,11 +219,19 @@ def make_handler(frontend: Frontend, tls: bool) -> type[BaseHTTPRequestHandler]:
 class HttpServer:
     def __init__(self, frontend: Frontend, host: str, port: int, *, certfile: str | None = None, keyfile: str | None = None):
         self.tls = certfile is not None
-        self._server = _Server((host, port), make_handler(frontend, self.tls))
+        self._handler = make_handler(frontend, self.tls)
+        self._context: ssl.SSLContext | None = None
         if self.tls:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(certfile, keyfile)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._context.load_cert_chain(certfile, keyfile)
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._bind((host, port))
+
+    def _bind(self, address) -> None:
+        self._server = _Server(address, self._handler)
+        if self._context is not None:
+            self._server.socket = self._context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="batch-http", daemon=True)
 
@@ -190,9 +243,34 @@ class HttpServer:
         self._thread.start()
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._close()
+
+    def _close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._server.cut_connections()
         self._thread.join(timeout=5)
+
+    def outage(self, seconds: float) -> None:
+        """Be unreachable for `seconds`: open connections reset, new ones refused (nothing listens on
+        the port), then listen again on the same port. The service behind keeps running."""
+        with self._lock:
+            if self._stopped:
+                return
+            address = self._server.server_address
+            self._close()
+        timer = threading.Timer(seconds, self._listen_again, args=(address,))
+        timer.daemon = True
+        timer.start()
+
+    def _listen_again(self, address) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._bind(address)
+            self._thread.start()
 
 
 def dumps(payload) -> str:

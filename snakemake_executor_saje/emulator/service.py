@@ -95,6 +95,7 @@ class Emulator:
             api = BatchApi(self.state)
             frontend.api, frontend.state = api, self.state
             self.frontend = frontend
+            frontend.on_outage = self.outage
             self._mount_arm(frontend)
             self._agent = NodeAgent(self.state)
             self._scheduler = Scheduler(self.state, self._agent)
@@ -206,6 +207,12 @@ class Emulator:
     def identity_environment(self) -> dict[str, str]:
         """Variables that point azure-identity's managed-identity credential at this emulator."""
         return auth.token_endpoint_env(self.endpoint, self.identity_header)
+
+    def outage(self, seconds: float) -> None:
+        """The endpoint is unreachable for `seconds` (connections refused and reset, as in a network
+        outage); pools, nodes and tasks carry on meanwhile."""
+        assert self._http is not None, "start the emulator first"
+        self._http.outage(seconds)
 
     def preempt(self, pool_id: str, node_id: str) -> None:
         assert self.state is not None

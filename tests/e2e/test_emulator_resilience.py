@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.error
 import urllib.request
 from email.utils import formatdate
+from urllib.parse import urlsplit
 
 import pytest
 from azure.batch import BatchClient, models
@@ -81,6 +83,51 @@ def test_dropped_connections_are_retried(own_emulator):
         list(client.list_jobs(max_results=1))
     emulator.faults.reset()
     client.close()
+
+
+def test_fault_endpoint_answers_what_it_applied(own_emulator):
+    """POST /_saje/faults answers 200 with the plan (it once applied the change, then failed to
+    copy the plan's lock into its reply: 400 "cannot pickle '_thread.lock'")."""
+    body = json.dumps({"throttle_count": 2, "lose_reply_count": 1, "lose_reply_to": "POST /pools"}).encode()
+    request = _signed(own_emulator, "POST", "/_saje/faults", "2025-06-01", body)
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        plan = json.loads(reply.read())
+    assert reply.status == 200
+    assert (plan["throttle_count"], plan["lose_reply_count"], plan["lose_reply_to"]) == (2, 1, "POST /pools")
+    assert own_emulator.faults.throttle_count == 2
+
+
+def test_a_lost_reply_is_lost_after_the_create_was_applied(own_emulator):
+    emulator = own_emulator
+    client = emulator.client(retry_total=0)  # see the lost reply itself, not the SDK's retry of it
+    emulator.faults.update(lose_reply_count=1, lose_reply_to="POST /pools")
+    pool_id = unique_id("lost")
+    with pytest.raises((ServiceRequestError, ServiceResponseError)):
+        make_pool(client, pool_id, dedicated=0, wait=False)
+    assert client.get_pool(pool_id).id == pool_id  # Batch made it; only the answer went missing
+    assert emulator.faults.lose_reply_count == 0
+    client.close()
+
+
+def test_an_outage_refuses_connections_then_the_same_endpoint_answers(own_emulator):
+    emulator = own_emulator
+    client = emulator.client(retry_total=0)
+    assert list(client.list_pools()) == []  # a pooled keep-alive connection exists now
+    address = urlsplit(emulator.endpoint)
+    emulator.outage(1.5)
+    with pytest.raises((ServiceRequestError, ServiceResponseError)):  # the open connection is reset
+        wait_for(lambda: not list(client.list_pools()) and None, 5, interval=0.05, what="the outage")
+    with pytest.raises(ConnectionRefusedError):  # and nothing listens on the port
+        socket.create_connection((address.hostname, address.port), timeout=5).close()
+    assert wait_for(lambda: _answers(client), 15, interval=0.2, what="the endpoint to answer again")
+    client.close()
+
+
+def _answers(client) -> bool:
+    try:
+        return isinstance(list(client.list_pools()), list)
+    except (ServiceRequestError, ServiceResponseError):
+        return False
 
 
 def test_state_survives_a_restart_and_running_tasks_are_requeued(tmp_path):
