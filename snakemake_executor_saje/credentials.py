@@ -22,12 +22,15 @@ chained.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:  # imported lazily at run time: azure.identity is slow to import
     from azure.core.credentials import AzureNamedKeyCredential, TokenCredential
@@ -240,12 +243,15 @@ def resolve_batch_credential(settings: Any) -> BatchCredential:
             " (SNAKEMAKE_SAJE_ACCOUNT_NAME)."
         )
     if name and key:
+        _check_account_key(key, "SNAKEMAKE_SAJE_ACCOUNT_KEY (--saje-account-key)")
         return AzureNamedKeyCredential(name, key)
     profile_name = _setting(settings, "credential_profile")
     if not profile_name:
         return resolve_credential(None)
     profile = get_profile(profile_name, _setting(settings, "credentials_file"))
     if profile.has_shared_key:
+        _check_account_key(profile.batch_account_key,
+                           f"batch_account_key of profile {profile.name!r}")
         return AzureNamedKeyCredential(profile.batch_account_name, profile.batch_account_key)
     if profile.has_service_principal:
         return resolve_credential(profile, purpose="batch")
@@ -254,6 +260,23 @@ def resolve_batch_credential(settings: Any) -> BatchCredential:
         " (tenant_id, client_id, secret) nor a shared key (batch_account_name,"
         " batch_account_key)."
     )
+
+
+def _check_account_key(key: str, where: str) -> None:
+    """A shared key is base64 (Azure shows 88 characters ending in '=='); signing with anything
+    else fails deep in the SDK with a binascii traceback, so say it here, naming where it came
+    from and never its value."""
+    try:
+        decoded = base64.b64decode(key.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if not decoded:
+        raise CredentialsError(
+            f"The Batch account key in {where} is not valid base64 ({len(key.strip())} characters; a"
+            " key is 88 characters ending in '=='): it was probably cut or padded when copied."
+            " Copy it again (Azure portal: the Batch account's Keys, or `az batch account keys"
+            " list`)."
+        )
 
 
 def resolve_storage_credential(settings: Any) -> "TokenCredential":
@@ -271,13 +294,30 @@ def resolve_batch_account_url(settings: Any) -> str:
     """The Batch endpoint: the setting, else the profile's batch_account_url."""
     url = _setting(settings, "account_url")
     if url:
-        return str(url).rstrip("/")
+        return _checked_url(str(url), "--saje-account-url (SNAKEMAKE_SAJE_ACCOUNT_URL)")
     profile_name = _setting(settings, "credential_profile")
     if profile_name:
         profile = get_profile(profile_name, _setting(settings, "credentials_file"))
         if profile.batch_account_url:
-            return profile.batch_account_url.rstrip("/")
+            return _checked_url(profile.batch_account_url, f"batch_account_url of profile {profile.name!r}")
     raise CredentialsError(
         "No Batch account endpoint: set --saje-account-url (SNAKEMAKE_SAJE_ACCOUNT_URL)"
         " or batch_account_url in the credential profile."
+    )
+
+
+def _checked_url(url: str, where: str) -> str:
+    """The endpoint without a trailing '/'; refused, with the likely fix, unless http(s)://host."""
+    text = url.strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return text
+    if "://" not in text:
+        raise CredentialsError(
+            f"The Batch account URL in {where} ({text!r}) has no scheme: write"
+            f" https://{text} (the emulator's is http://127.0.0.1:PORT)."
+        )
+    raise CredentialsError(
+        f"The Batch account URL in {where} ({text!r}) is not an http(s)://host URL, e.g."
+        " https://myaccount.eastus.batch.azure.com."
     )

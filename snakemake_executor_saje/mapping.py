@@ -32,6 +32,7 @@ from azure.batch import models
 from snakemake_interface_common.exceptions import WorkflowError
 
 from .mpi import MpiCommandError, SrunTranslation, check_mpi_command, resolve_flavor, srun_translation
+from .readable import number
 
 __all__ = [
     "JobMappingError",
@@ -300,8 +301,8 @@ def _check_fits_node(job: JobSpec, pool: PoolShape) -> None:
     ):
         raise _fail(
             job,
-            f"it asks for mem_mb={mem_mb:g}, but {_pool_desc(pool)}) has"
-            f" {pool.memory_gib:g} GiB ({pool.memory_gib * 1024:g} MB) per node."
+            f"it asks for mem_mb={number(mem_mb)}, but {_pool_desc(pool)}) has"
+            f" {number(pool.memory_gib)} GiB ({number(pool.memory_gib * 1024)} MB) per node."
             " Choose a larger VM size with resources saje_vm_size.",
         )
     gpus = max(_positive_int(job, "gpu", 0) or 0, _positive_int(job, "gpus", 0) or 0)

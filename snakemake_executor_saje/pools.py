@@ -54,6 +54,7 @@ from snakemake_interface_common.exceptions import WorkflowError
 
 from . import catalogue, containers, mounts
 from .mapping import JobSpec, PoolShape, is_mpi
+from .readable import number
 
 __all__ = [
     "PoolSpecError",
@@ -188,6 +189,19 @@ def pool_class_for(job: JobSpec, settings: Any, run_image: str | None = None) ->
         mpi=False,
         existing_pool_id=str(existing) if existing else None,
     )
+
+
+def rdma_warning(pool_class: PoolClass) -> str | None:
+    """A warning for an MPI pool on a VM size without InfiniBand, naming the sizes with it; None
+    when the size has RDMA or is unknown (a catalogue the user gave may not say)."""
+    size = catalogue.vm_size(pool_class.vm_size)
+    if not pool_class.mpi or size is None or size.rdma:
+        return None
+    # Constrained-core variants (Standard_HB120-16rs_v3) would only repeat their full size.
+    rdma = sorted(s.name for s in catalogue.vm_sizes(rdma=True) if not re.search(r"\d-\d", s.name))
+    return (f"SAJE: MPI jobs run on {size.name}, which has no InfiniBand (RDMA): their ranks talk over the "
+            f"ordinary network, many times slower. Sizes with InfiniBand: {', '.join(rdma)} "
+            "(--saje-mpi-vm-size, or resources saje_vm_size).")
 
 
 def pool_id_for(pool_class: PoolClass, run_id: str) -> str:

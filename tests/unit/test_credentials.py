@@ -161,6 +161,25 @@ def test_shared_key_from_settings():
     assert KEY not in repr(cred)
 
 
+@pytest.mark.parametrize("bad", [KEY[:-1], KEY[:-2], "not base64 at all!"], ids=["cut", "cut-twice", "junk"])
+def test_badly_copied_key_is_a_clear_error_without_the_key(bad):
+    with pytest.raises(CredentialsError) as info:
+        resolve_batch_credential(SimpleNamespace(account_name="acct", account_key=bad))
+    assert "not valid base64" in str(info.value) and "SNAKEMAKE_SAJE_ACCOUNT_KEY" in str(info.value)
+    assert bad not in str(info.value)
+
+
+@pytest.mark.parametrize("url, complaint", [
+    ("myaccount.eastus.batch.azure.com", "https://myaccount.eastus.batch.azure.com"),
+    ("ftp://host", "not an http(s)://host URL"),
+    ("https://", "no scheme"),
+])
+def test_account_url_without_scheme_says_what_to_write(url, complaint):
+    with pytest.raises(CredentialsError) as info:
+        resolve_batch_account_url(SimpleNamespace(account_url=url))
+    assert complaint in str(info.value) and "--saje-account-url" in str(info.value)
+
+
 def test_key_without_name_is_an_error():
     with pytest.raises(CredentialsError) as info:
         resolve_batch_credential(SimpleNamespace(account_key=KEY))

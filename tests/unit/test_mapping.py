@@ -135,6 +135,8 @@ def test_too_many_threads_names_rule_request_and_pool():
 def test_memory_beyond_the_node_is_refused():
     with pytest.raises(JobMappingError, match=r"mem_mb=20000.*16 GiB"):
         task_request(job(resources={"mem_mb": 20000}), HTC)
+    with pytest.raises(JobMappingError, match=r"mem_mb=10000000, .* 16 GiB \(16384 MB\)"):  # not 1e+07
+        task_request(job(resources={"mem_mb": 1e7}), HTC)
 
 
 def test_gpus_beyond_the_node_are_refused():

@@ -19,6 +19,7 @@ from snakemake_executor_saje.pools import (
     pool_id_for,
     pool_shape,
     pool_spec,
+    rdma_warning,
 )
 from snakemake_executor_saje.settings import ExecutorSettings
 
@@ -350,3 +351,12 @@ def test_default_formulas_pass_the_emulator_validator_in_full_specs():
     for resources in ({}, {"mpi": "mpirun", "nodes": 2}):
         d = spec_dict(pool_class_for(job(resources), s), s)
         autoscale.validate(d["autoScaleFormula"])
+
+
+def test_mpi_on_a_size_without_infiniband_is_warned_naming_the_rdma_sizes():
+    warning = rdma_warning(PoolClass("Standard_D2s_v5", "canonical:ubuntu-24_04-lts:server", mpi=True))
+    assert "Standard_D2s_v5" in warning and "no InfiniBand" in warning
+    assert "Standard_HB120rs_v3" in warning and "Standard_HB120-16rs_v3" not in warning
+    assert rdma_warning(PoolClass("Standard_HB120rs_v3", "microsoft-dsvm:ubuntu-hpc:2404", mpi=True)) is None
+    assert rdma_warning(PoolClass("Standard_D2s_v5", "canonical:ubuntu-24_04-lts:server")) is None  # not MPI
+    assert rdma_warning(PoolClass("Custom_Size_x", "canonical:ubuntu-24_04-lts:server", mpi=True)) is None
