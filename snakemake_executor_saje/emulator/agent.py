@@ -698,6 +698,8 @@ class NodeAgent:
         if not outputs:
             return failure
         failed = failure is not None or exit_code not in (0, None)
+        if self.state.faults.upload_delay_seconds:
+            time.sleep(self.state.faults.upload_delay_seconds)
         problems = blobio.upload_output_files(outputs, wd, task_dir, exit_code=exit_code, failed=failed)
         if problems and failure is None:
             first = problems[0]

@@ -25,6 +25,7 @@ class FaultPlan:
     lose_reply_count: int = 0  # the next N requests of kind `lose_reply_to`: applied, then no reply
     lose_reply_to: str = ""  # a request kind as in GET /_saje/requests, e.g. "POST /pools"; "" = any
     start_task_failures: int = 0  # the next N start tasks fail (exit 1)
+    upload_delay_seconds: float = 0.0  # slow storage: output files of a task go up this much later
     seed: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _random: random.Random = field(default_factory=random.Random, repr=False, compare=False)
