@@ -146,6 +146,9 @@ class Frontend:
                 return Response.empty(202)
             if segments == ["requests"] and request.method == "GET":
                 return Response.json(200, dict(self.request_counts))
+            if segments == ["task-adds"] and request.method == "GET":
+                with self.state.lock:
+                    return Response.json(200, {kind: dict(counts) for kind, counts in self.state.task_adds.items()})
             if len(segments) == 5 and segments[0] == "pools" and segments[2] == "nodes" and segments[4] == "preempt":
                 self.state.preempt_node(segments[1], segments[3])
                 return Response.empty(202)

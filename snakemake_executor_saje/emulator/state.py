@@ -12,6 +12,7 @@ import re
 import threading
 import uuid
 from datetime import timedelta
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -112,6 +113,9 @@ class BatchState:
         # Request bodies the schema refused (operation, path, code, values): tests assert SAJE's never are.
         self.schema_refusals: list[dict[str, Any]] = []
         self.clock = ServiceClock(config.time_scale, origin=config.clock_start)
+        # "job/task" -> creations that added the task, and adds refused with TaskExists (a client's
+        # retry of a create Batch had applied): what tests and benchmarks count duplicates with.
+        self.task_adds: dict[str, Counter] = {"created": Counter(), "already_existed": Counter()}
         # `saje emulator start --vm-size FILE`: sizes the account offers instead of the bundled catalogue.
         self._vm_sizes = catalogue.load_vm_sizes(config.vm_size_catalogue) if config.vm_size_catalogue else None
         # Hooks the agent installs: kill a task's processes; forget a node's files.
@@ -953,8 +957,10 @@ class BatchState:
             job = self._job_accepting_tasks(job_id)
             _check_dependencies(job, body)
             if body["id"] in job.tasks:
+                self.task_adds["already_existed"][f"{job.id}/{body['id']}"] += 1
                 raise errors.exists("Task")
             task = Task(self._task_rest(job, body), job.id)
+            self.task_adds["created"][f"{job.id}/{task.id}"] += 1
             job.tasks[task.id] = task
             job.pending.append(task.id)
             self.save_task(task)
@@ -972,6 +978,7 @@ class BatchState:
                     body = self.validate_task(body, read)
                     _check_dependencies(job, body)
                     if body["id"] in job.tasks:
+                        self.task_adds["already_existed"][f"{job.id}/{body['id']}"] += 1
                         raise errors.exists("Task")
                 except BatchError as exc:
                     if exc.schema:
@@ -980,6 +987,7 @@ class BatchState:
                                     "error": exc.body(self.account_url, str(uuid.uuid4()), self.clock.iso_now())})
                     continue
                 task = Task(self._task_rest(job, body), job.id)
+                self.task_adds["created"][f"{job.id}/{task.id}"] += 1
                 job.tasks[task.id] = task
                 job.pending.append(task.id)
                 added.append(task)
