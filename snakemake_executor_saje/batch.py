@@ -1,16 +1,18 @@
 """The one I/O edge to the Batch service: bulk create, one filtered list per poll, logs, cleanup.
 
 Everything here is a thin call on `azure.batch.BatchClient`; retries (429/503 with Retry-After,
-dropped connections) are the SDK's own retry policy, told that POST is safe to retry here (see
-`BatchRetryPolicy`). Creation is idempotent: every pool, job and task SAJE creates has an id of
-its own choosing, and a retried create that finds it already there (PoolExists, JobExists,
-TaskExists) counts as done, so no duplicate task runs.
+dropped connections) are the SDK's own retry policy, bounded by time and told that POST is safe
+to retry here (resilience.py). Creation is idempotent: every pool, job and task SAJE creates has
+an id of its own choosing that carries the run's id, and a retried create that finds it already
+there (PoolExists, JobExists, TaskExists: the first reply was lost after Batch acted on it)
+counts as created by this run, so no duplicate task runs and shutdown deletes what the run made.
 """
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,9 @@ from typing import Any, Sequence
 
 from azure.batch import BatchClient, models
 from azure.batch.models import CreateTasksError
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
-from azure.core.pipeline.policies import RetryPolicy
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+
+from .resilience import BatchRetryPolicy, Patience, describe_http_error, diagnose  # noqa: F401 (re-exported)
 
 
 # What a poll needs of a task; keeping the list short keeps each poll cheap at 10,000 tasks.
@@ -36,33 +39,19 @@ TERMINATE_POLL_SECONDS = 1
 _TerminateOptions = getattr(models, "BatchJobTerminateOptions", None) or models._models.BatchJobTerminateOptions
 
 
-class BatchRetryPolicy(RetryPolicy):
-    """azure-core's retry policy (Retry-After, exponential backoff), for POST too, and longer.
-
-    azure-core retries a POST only on 500/503/504, never on 429 nor on a dropped reply, because a
-    POST may not be idempotent. Batch throttles with 429, and every POST SAJE makes is either a
-    create with a client-chosen id (a repeat gets ...Exists, which `BatchGateway` takes as done)
-    or a terminate (idempotent), so retrying them is safe. Batch can throttle for a while:
-    status retries go from 3 to 10 (of 10 in all).
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("retry_status", 10)
-        super().__init__(**kwargs)
-
-    def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
-        settings = super().configure_retries(options)
-        settings["methods"] = frozenset(settings["methods"]) | {"POST"}
-        return settings
-
-
-def connect(endpoint: str, credential: Any) -> BatchClient:
-    """The BatchClient SAJE uses: the SDK's client with `BatchRetryPolicy`."""
-    return BatchClient(endpoint, credential, retry_policy=BatchRetryPolicy())
+def connect(endpoint: str, credential: Any, patience: Patience | None = None) -> BatchClient:
+    """The BatchClient SAJE uses: the SDK's client with `BatchRetryPolicy` bounded by `patience`."""
+    return BatchClient(endpoint, credential, retry_policy=BatchRetryPolicy(patience))
 
 
 class BatchSubmitError(Exception):
     """Tasks Batch refused; the message names them with the Batch error codes."""
+
+
+def owned_by(resource_id: str, run_id: str) -> bool:
+    """A pool or job whose id carries the run's id is the run's: ids are made from it, and the
+    run id (time + random part) is new for every run."""
+    return bool(run_id) and re.sub(r"[^A-Za-z0-9_-]", "_", run_id) in resource_id
 
 
 @dataclass(frozen=True)
@@ -115,13 +104,14 @@ class BatchGateway:
     def get_pool(self, pool_id: str) -> models.BatchPool:
         return self.client.get_pool(pool_id)
 
-    def create_pool(self, spec: models.BatchPoolCreateOptions) -> bool:
-        """Create the pool; False when it already exists (a resumed run reuses it)."""
+    def create_pool(self, spec: models.BatchPoolCreateOptions, run_id: str) -> bool:
+        """Create the pool; True when this run owns it: created now, or found existing with the
+        run's id in its own (a retried create whose first reply was lost). False: someone else's."""
         try:
             self.client.create_pool(spec)
             return True
         except ResourceExistsError:
-            return False
+            return owned_by(spec.id, run_id)
 
     def delete_pool(self, pool_id: str, *, wait: bool = False) -> None:
         try:
@@ -160,11 +150,12 @@ class BatchGateway:
         self.client.update_job(job_id, models.BatchJobUpdateOptions(metadata=_items(metadata)))
 
     # ----------------------------------------------------------------- jobs
-    def ensure_job(self, job_id: str, pool_id: str, *, display_name: str | None = None,
+    def ensure_job(self, job_id: str, pool_id: str, run_id: str, *, display_name: str | None = None,
                    environment: dict[str, str] | None = None, max_wall_clock: dt.timedelta | None = None,
-                   metadata: dict[str, str] | None = None) -> None:
-        """Create the job; `max_wall_clock` is its constraints.maxWallClockTime (Batch terminates it,
-        and its running tasks, that long after its creation)."""
+                   metadata: dict[str, str] | None = None) -> bool:
+        """Create the job; True when this run owns it (see `create_pool`). `max_wall_clock` is its
+        constraints.maxWallClockTime (Batch terminates it, and its running tasks, that long after
+        its creation)."""
         job = models.BatchJobCreateOptions(
             id=job_id, display_name=display_name, pool_info=models.BatchPoolInfo(pool_id=pool_id),
             constraints=models.BatchJobConstraints(max_wall_clock_time=max_wall_clock) if max_wall_clock else None,
@@ -173,8 +164,9 @@ class BatchGateway:
         )
         try:
             self.client.create_job(job)
+            return True
         except ResourceExistsError:
-            pass
+            return owned_by(job_id, run_id)
 
     def delete_job(self, job_id: str, *, wait: bool = False) -> None:
         try:
@@ -220,7 +212,8 @@ class BatchGateway:
             if not refused:
                 if not exc.errors:
                     return
-                raise BatchSubmitError(f"Submitting tasks to Azure Batch failed: {exc.errors[0]}") from None
+                raise BatchSubmitError("Submitting tasks to Azure Batch failed: "
+                                       + diagnose(exc.errors[0]).explain()) from None
             lines = [f"{r.task_id}: {r.error.code if r.error else '?'} "
                      f"{(r.error.message.value if r.error and r.error.message else '')}".strip() for r in refused]
             raise BatchSubmitError("Azure Batch refused these tasks:\n  " + "\n  ".join(lines)) from None
@@ -274,7 +267,7 @@ def _save(download, target: Path) -> bool:
     """Write a downloaded file to `target`; False (nothing written) when Batch refuses or has none."""
     try:
         data = b"".join(download())
-    except (ResourceNotFoundError, ResourceExistsError, HttpResponseError):
+    except AzureError:  # refused, none there, or the service out of reach: no log file, not a crash
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
@@ -288,24 +281,3 @@ def quiet_azure_sdk_logging() -> None:
 
     if not os.environ.get("SAJE_DEBUG"):
         logging.getLogger("azure").setLevel(logging.ERROR)
-
-
-def describe_http_error(exc: HttpResponseError) -> str:
-    """'<code>: <message> (<key>=<value>, ...)' from a Batch error, for messages that tell users
-    what happened: Batch names the property and the reason in the error's `values`."""
-    error: Any = getattr(exc, "error", None)
-    code = getattr(error, "code", None) or getattr(exc, "status_code", "")
-    message = getattr(exc, "message", "") or str(exc)
-    first = message.splitlines()[0] if message else ""
-    values = []
-    try:
-        body = exc.response.json() if exc.response is not None else None
-    except Exception:  # not JSON (a proxy's HTML page, an empty body)
-        body = None
-    if isinstance(body, dict):
-        text = body.get("message")
-        text = text.get("value") if isinstance(text, dict) else text
-        if isinstance(text, str) and text.strip():
-            first = text.splitlines()[0]
-        values = [f"{v.get('key')}={v.get('value')}" for v in body.get("values") or [] if isinstance(v, dict)]
-    return f"{code}: {first}" + (f" ({', '.join(values)})" if values else "")

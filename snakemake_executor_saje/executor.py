@@ -32,7 +32,9 @@ from .observer import RunObserver, peak_memory_mb
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .poolwatch import PoolWatch, StartTaskFailure
-from .staging import Staging, node_path, under
+from .readable import minutes
+from .resilience import Patience, diagnose
+from .staging import NO_LIMIT_LIFETIME, SOURCES_NAME, Staging, node_path, sas_lifetime, under, write_source_archive
 
 LOG_DIR = Path(".snakemake") / "saje_logs"
 # A task that completed just before a listing may show up only in the next one (listings are
@@ -74,16 +76,18 @@ class Executor(RemoteExecutor):
             credential = credentials.resolve_batch_credential(self.settings)
         except credentials.CredentialsError as exc:
             raise WorkflowError(f"SAJE cannot reach Azure Batch: {exc}") from None
-        self.batch = BatchGateway(batch_connect(endpoint, credential))
+        self.patience = Patience(float(self.settings.service_timeout) * 60, say=self.logger.warning)
+        self.batch = BatchGateway(batch_connect(endpoint, credential, self.patience))
+        self.trouble_since: float | None = None  # when status queries started failing transiently
+        self.said: set[str] = set()  # run-wide error messages already logged (each is said once)
+        self.emulated = _is_loopback(endpoint)
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.tag = runs.RunTag.current(self.run_id, dt.timedelta(minutes=float(self.settings.heartbeat_interval)))
         self.heartbeat = runs.Heartbeat(float(self.settings.heartbeat_interval) * 60, self._beat)
         self.checked_dead_runs = False
         self.uses: dict[str, PoolUse] = {}
         self.staging: Staging | None = None
-        self.source_files: list = []
         self.shipped_sources: frozenset[str] = frozenset()  # what the source archive holds
-        self.node_check_file = None
         # Batch job id -> the service's clock at the last successful poll (its Date header): the
         # next poll lists tasks completed since then, less COMPLETION_MARGIN, on the service's clock.
         self.polled_at: dict[str, dt.datetime] = {}
@@ -149,8 +153,8 @@ class Executor(RemoteExecutor):
                 self.batch.submit(job_id, [request for request, _ in items])
         except (mapping.JobMappingError, pools.PoolSpecError, containers.ContainerChoiceError, BatchSubmitError) as exc:
             raise WorkflowError(str(exc)) from None
-        except HttpResponseError as exc:
-            raise WorkflowError(f"Azure Batch refused the submission: {describe_http_error(exc)}") from None
+        except AzureError as exc:
+            raise WorkflowError(f"SAJE could not submit the jobs: {diagnose(exc).explain(self._patience_minutes)}") from None
         for job_id, items in by_use.items():
             self.observer.submitted(job_id, items[0][1].aux["pool"],
                                     [(info.external_jobid, specs[id(info.job)]) for _, info in items])
@@ -171,13 +175,20 @@ class Executor(RemoteExecutor):
         environment = dict(self.workflow.spawned_job_args_factory.envvars())
         resource_files, output_files = [], []
         command = spec.command
+        aux = {"batch_job": use.job_id, "pool": use.pool_id}
         if self.staging is not None:
-            resource_files.extend([*self.source_files, self.node_check_file])
-            resource_files.extend(self._stage_for_node(job))
-            environment[node_check.ENV], expect_files = self._expectation(job, task_key)
+            aux["sas_expiry"] = expiry = self._sas_expiry(spec)
+            staged, fetch = self.staging.with_manifest(task_key, self._stage_for_node(job, expiry), expiry)
+            if fetch and plan is not None:
+                raise mapping.JobMappingError(
+                    f"SAJE cannot run MPI rule {spec.rule} (job {spec.jobid}): its input files are more than a "
+                    "multi-instance task can list; pass a directory or an archive instead.")
+            resource_files.extend([self.staging.sources_file(expiry),
+                                   self.staging.resource_file(NODE_CHECK_BLOB, NODE_CHECK_PATH, expiry), *staged])
+            environment[node_check.ENV], expect_files = self._expectation(job, task_key, expiry)
             resource_files.extend(expect_files)
-            output_files = [*self._output_files(job, task_key), *self.staging.log_files(task_key)]
-            command = f"tar -xJf {Path(self.source_files[0].file_path).name} && {command}" if self.source_files else command
+            output_files = [*self._output_files(job, task_key, expiry), *self.staging.log_files(task_key, expiry)]
+            command = f"tar -xJf {SOURCES_NAME} && {fetch}{command}"
         if image:  # the task runs in the image, where apptainer cannot nest
             command = containers.without_apptainer(command)
         elif self.settings.snakemake_install == "pip":
@@ -190,7 +201,7 @@ class Executor(RemoteExecutor):
             # Only the primary gets resourceFiles; every node gets commonResourceFiles (into the
             # task root dir), which the coordination command copies into its working dir.
             common_files = under(mpi.COMMON_FILES_DIR, resource_files)
-            archive = Path(self.source_files[0].file_path).name if self.source_files and common_files else None
+            archive = SOURCES_NAME if self.staging is not None else None
             coordination = mpi.coordination_command(flavor, common_dir=mpi.COMMON_FILES_DIR if common_files else None,
                                                     archive=archive)
         spec = mapping.JobSpec(**{**spec.__dict__, "command": command})
@@ -210,8 +221,23 @@ class Executor(RemoteExecutor):
             application_packages=packages,
         )
         request = mapping.task_request(spec, use.shape, options, plan)
-        info = SubmittedJobInfo(job, external_jobid=request.id, aux={"batch_job": use.job_id, "pool": use.pool_id})
+        info = SubmittedJobInfo(job, external_jobid=request.id, aux=aux)
         return use, request, info
+
+    def _sas_expiry(self, spec: mapping.JobSpec) -> dt.datetime:
+        """When the task's SAS tokens expire (staging.sas_lifetime); said once per rule when Azure
+        cannot give a SAS that long (a user delegation SAS lives 7 days at most)."""
+        wall = mapping.wall_clock(spec, self.settings.max_wall_clock)
+        lifetime = sas_lifetime(wall, int(self.settings.task_retries), dt.timedelta(minutes=float(self.settings.sas_allowance)))
+        expiry, cut = self.staging.expiry(lifetime)
+        if cut and f"sas:{spec.rule}" not in self.said:
+            self.said.add(f"sas:{spec.rule}")
+            self.logger.warning(
+                f"SAJE: tasks of rule {spec.rule} may need their file access for {lifetime} (wall-clock limit per attempt "
+                "plus --saje-sas-allowance), longer than the 7 days a user delegation SAS lives: outputs uploaded later "
+                "are lost. Lower the rule's runtime or --saje-task-retries, or stage with a storage account key "
+                "(AZURE_STORAGE_CONNECTION_STRING).")
+        return expiry
 
     def _note_container(self, spec: mapping.JobSpec, image: str | None) -> None:
         """Say once per rule when its own container: is not the image its task runs in
@@ -262,7 +288,7 @@ class Executor(RemoteExecutor):
         return _checked(command, self.get_python_executable())
 
     # ----------------------------------------------------------------- files to and from the node
-    def _stage_for_node(self, job: JobExecutorInterface) -> list:
+    def _stage_for_node(self, job: JobExecutorInterface, expiry: dt.datetime) -> list:
         """Resource files: the job's local inputs (no default storage), and in both routes the
         outputs of the finished checkpoints its input functions read, where the node's Snakemake
         looks for them (checkpoints.py)."""
@@ -273,14 +299,14 @@ class Executor(RemoteExecutor):
             self.logger.warning(f"SAJE: could not tell which checkpoint outputs job {job} reads: {exc}")
             needed = []
         if not self.uses_default_storage:
-            return self.staging.stage_inputs(_local_paths([*job.input, *needed]))
+            return self.staging.stage_inputs(_local_paths([*job.input, *needed]), expiry)
         inputs = set(map(str, job.input))
         unseen = [f for f in needed if not os.path.exists(str(f)) and str(f) not in inputs]
         if unseen:
             for f in unseen:
                 self.workflow.async_run(f.retrieve_from_storage())
             raise checkpoints.UnseenOutputs(job, unseen)
-        return self.staging.stage_files((str(f), self._node_path(f)) for f in needed if os.path.exists(str(f)))
+        return self.staging.stage_files(((str(f), self._node_path(f)) for f in needed if os.path.exists(str(f))), expiry)
 
     def _node_path(self, f) -> str:
         """Where a file of the job is on the node, relative to the task's working directory."""
@@ -290,7 +316,7 @@ class Executor(RemoteExecutor):
         return node_path(str(f), local_prefix=Path(settings.local_storage_prefix),
                          node_prefix=Path(settings.remote_job_local_storage_prefix or settings.local_storage_prefix))
 
-    def _output_files(self, job: JobExecutorInterface, task_key: str) -> list:
+    def _output_files(self, job: JobExecutorInterface, task_key: str, expiry: dt.datetime) -> list:
         """Without default storage: the outputs on task success, logs and benchmarks on task
         completion. With it the node's Snakemake stores them itself; Batch keeps a copy of the logs
         and benchmarks of a failed task, which that Snakemake may not have stored."""
@@ -298,11 +324,11 @@ class Executor(RemoteExecutor):
         outputs, logs, benchmarks = _products(job)
         records = [_path(f, self._node_path(f)) for f in [*logs, *benchmarks]]
         if self.uses_default_storage:
-            return self.staging.output_files(task_key, records, condition="taskfailure")
-        return [*self.staging.output_files(task_key, [_path(f) for f in outputs]),
-                *self.staging.output_files(task_key, records, condition="taskcompletion")]
+            return self.staging.output_files(task_key, records, expiry, condition="taskfailure")
+        return [*self.staging.output_files(task_key, [_path(f) for f in outputs], expiry),
+                *self.staging.output_files(task_key, records, expiry, condition="taskcompletion")]
 
-    def _expectation(self, job: JobExecutorInterface, task_key: str) -> tuple[str, list]:
+    def _expectation(self, job: JobExecutorInterface, task_key: str, expiry: dt.datetime) -> tuple[str, list]:
         """What the node check compares (its jobs, inputs and outputs), for the task's environment:
         inline, or a file on the node when one variable would be too large."""
         assert self.staging is not None
@@ -311,7 +337,7 @@ class Executor(RemoteExecutor):
             return text, []
         blob = f"tasks/{task_key}/expected.txt"
         self.staging.upload_data(blob, text.encode("ascii"))
-        return node_check.FILE_PREFIX + NODE_EXPECT_PATH, [self.staging.resource_file(blob, NODE_EXPECT_PATH)]
+        return node_check.FILE_PREFIX + NODE_EXPECT_PATH, [self.staging.resource_file(blob, NODE_EXPECT_PATH, expiry)]
 
     def _retries(self, spec: mapping.JobSpec) -> int:
         """Batch's own retries of a failed task (--saje-task-retries), on the same task id.
@@ -357,10 +383,12 @@ class Executor(RemoteExecutor):
             self._ensure_staging()
             spec_request = make_spec(self._start_task_files())
             try:
-                created = self.batch.create_pool(spec_request)
+                created = self.batch.create_pool(spec_request, self.run_id)
             except HttpResponseError as exc:
                 raise pools.PoolSpecError(f"Azure Batch refused pool {pool_id}: {describe_http_error(exc)}") from None
             self.logger.info(f"SAJE: pool {pool_id} ({pool_class.vm_size}{', MPI' if pool_class.mpi else ''}) created for this run.")
+        if warning := pools.rdma_warning(pool_class):
+            self.logger.warning(warning)
         job_id = f"{pool_id}-job"[:64] if created or not pool_class.existing_pool_id else f"saje-{self.run_id}-{key}"
         use = PoolUse(pool_class, pool_id, job_id, shape, created)
         if created and not pool_class.mpi and self.settings.nodes is not None:
@@ -368,7 +396,7 @@ class Executor(RemoteExecutor):
         self.uses[key] = use
         self.observer.pool_added(pool_id, shape.vm_size, spot=pool_class.spot, batch_job=job_id, created=created,
                                  mpi=pool_class.mpi)
-        self.batch.ensure_job(job_id, pool_id, display_name=f"snakemake run {self.run_id}",
+        self.batch.ensure_job(job_id, pool_id, self.run_id, display_name=f"snakemake run {self.run_id}",
                               max_wall_clock=self.settings.job_wall_clock,
                               metadata=self.tag.metadata())
         self.heartbeat.start()
@@ -382,7 +410,9 @@ class Executor(RemoteExecutor):
         path = Path(script).expanduser()
         blob = f"start-task/{path.name}"
         self.staging.upload_file(path, blob)
-        return [self.staging.resource_file(blob, path.name, "0755")]
+        # Every node that joins the pool runs it, for as long as the run's jobs may last.
+        expiry, _ = self.staging.expiry(self.settings.job_wall_clock or NO_LIMIT_LIFETIME)
+        return [self.staging.resource_file(blob, path.name, expiry, "0755")]
 
     def _node_packages(self) -> list[str]:
         """What the start task installs beside Snakemake (--saje-snakemake-install pip): the default
@@ -411,12 +441,11 @@ class Executor(RemoteExecutor):
                                        metadata=self.tag.container_metadata())
         self.observer.staging = self.staging
         with tempfile.TemporaryDirectory() as tmp:
-            archive = Path(tmp) / "snakemake-workflow-sources.tar.xz"
-            self.workflow.write_source_archive(archive)
+            archive = Path(tmp) / SOURCES_NAME
+            write_source_archive(self.workflow, archive)
             self.shipped_sources = sources.archive_members(archive)
-            self.source_files = [self.staging.upload_sources(archive)]
+            self.staging.upload_sources(archive)
         self.staging.upload_file(Path(node_check.__file__), NODE_CHECK_BLOB)
-        self.node_check_file = self.staging.resource_file(NODE_CHECK_BLOB, NODE_CHECK_PATH)
 
     # ----------------------------------------------------------------- the run's tag
     def _beat(self) -> None:
@@ -454,25 +483,31 @@ class Executor(RemoteExecutor):
             return
         completed: dict[str, object] = {}
         polled: dict[str, dt.datetime | None] = {}
+        lost: dict[str, str] = {}  # Batch job id -> why its tasks can no longer be followed
         async with self.status_rate_limiter:
             for job_id in {j.aux["batch_job"] for j in active_jobs}:
+                started = time.monotonic()
                 try:
                     since = self.polled_at.get(job_id)
                     answer = self.batch.completed_since(job_id, since - COMPLETION_MARGIN if since else None)
                 except AzureError as exc:  # a refused connection too: the service may be restarting
-                    why = describe_http_error(exc) if isinstance(exc, HttpResponseError) else str(exc).splitlines()[0]
-                    self.logger.warning(f"SAJE: status query failed ({why}); retrying next poll.")
-                    for info in active_jobs:
-                        yield info
-                    return
+                    verdict = self._status_failure(exc, started)
+                    if verdict is None:  # transient, and not for long yet: ask again next poll
+                        for info in active_jobs:
+                            yield info
+                        return
+                    lost[job_id] = verdict
+                    continue
                 completed.update((task.id, task) for task in answer.tasks)
                 polled[job_id] = answer.service_time
+        if not lost:
+            self.trouble_since = None
         for job_id, service_time in polled.items():
             if service_time is None:  # no Date header: list every completed task next time
                 self.polled_at.pop(job_id, None)
             else:
                 self.polled_at[job_id] = service_time
-        stuck = self._check_pools({info.aux["batch_job"] for info in active_jobs})
+        stuck = {**self._check_pools({info.aux["batch_job"] for info in active_jobs}), **lost}
         self.observer.observe(self.batch)
         finished = []
         for info in active_jobs:
@@ -491,6 +526,25 @@ class Executor(RemoteExecutor):
             self._finish(info, outcome, missing.get(info.external_jobid, []))
             self.observer.finished(completed[info.external_jobid], log_dir=LOG_DIR / info.aux["batch_job"] / info.external_jobid,
                                    peak_memory_mb=peak_memory_mb(_products(info.job)[2]) if outcome.succeeded else None)
+
+    @property
+    def _patience_minutes(self) -> float:
+        return float(self.settings.service_timeout)
+
+    def _status_failure(self, exc: Exception, started: float) -> str | None:
+        """None when a failed status query is worth asking again next poll (a transient error for
+        less than --saje-service-timeout); else the message the affected jobs fail with, said once
+        in the log. The retry policy has usually spent the whole timeout inside the failed call."""
+        found = diagnose(exc)
+        if found.transient:
+            self.trouble_since = self.trouble_since or started
+            if time.monotonic() - self.trouble_since < self.patience.seconds:
+                return None
+        message = "SAJE: " + found.explain(self._patience_minutes)
+        if message not in self.said:
+            self.said.add(message)
+            self.logger.error(message)
+        return f"SAJE: Batch can no longer tell how this job's task went ({found.code}); the cause and what to do are said above."
 
     def _bring_outputs_back(self, infos: list[SubmittedJobInfo]) -> dict[str, list[str]]:
         """Route (b): download the outputs of the jobs whose tasks succeeded, several at once;
@@ -528,6 +582,7 @@ class Executor(RemoteExecutor):
             return
         records = self._bring_records_back(info)
         detail = f"Batch failure {outcome.failure_code}: {outcome.failure_message}" if outcome.failure_code else "no Batch failure info"
+        detail += self._expired_access(outcome, info.aux.get("sas_expiry"))
         msg = f"SAJE: {task} failed with exit code {outcome.exit_code}; {detail}."
         for log in records:
             msg += f"\nlog {log} (last lines):\n{_tail(log, LOG_TAIL_LINES)}"
@@ -537,6 +592,16 @@ class Executor(RemoteExecutor):
             hint = sources.missing_source_hint(_tail(stderr, 200), self.shipped_sources, Path.cwd())
             msg += f"SAJE: {hint}\n" if hint else ""
         self.report_job_error(info, msg=msg, aux_logs=[str(p) for p in [*records, *logs]])
+
+    def _expired_access(self, outcome, expiry: dt.datetime | None) -> str:
+        """Why a file transfer was refused, when the task's SAS tokens had expired by then."""
+        if outcome.failure_code not in _ACCESS_DENIED or expiry is None or dt.datetime.now(dt.timezone.utc) < expiry:
+            return ""
+        step = "uploaded its outputs" if outcome.failure_code.startswith("FileUpload") else "downloaded its inputs"
+        return (f". Its SAS tokens (its access to the run's staged files) expired at {expiry:%Y-%m-%d %H:%M:%S} UTC, "
+                f"before Batch {step}: the task waited for a node or took longer than its wall-clock limit (resources "
+                f"runtime, --saje-max-wall-clock) plus --saje-sas-allowance ({minutes(float(self.settings.sas_allowance))}). "
+                "Set the rule's runtime to what it really needs, or raise --saje-sas-allowance, and rerun")
 
     def _bring_records_back(self, info: SubmittedJobInfo) -> list[Path]:
         """A failed job's own log: and benchmark: files, to their local paths (both data routes;
@@ -636,7 +701,7 @@ class Executor(RemoteExecutor):
             if time.monotonic() - use.unusable_since >= timeout:
                 found = "; ".join(use.problems) or "no Batch error reported (the nodes are still starting)"
                 stuck[use.job_id] = (
-                    f"SAJE: pool {use.pool_id} has had no usable node for {self.settings.pool_ready_timeout:g} minutes "
+                    f"SAJE: pool {use.pool_id} has had no usable node for {minutes(self.settings.pool_ready_timeout)} "
                     f"(--saje-pool-ready-timeout) while this job waited: {found}. Fix the cause (quota, image, start task) "
                     "or raise the timeout; the run's job and pool are deleted."
                 )
@@ -700,7 +765,9 @@ class Executor(RemoteExecutor):
     def cancel_jobs(self, active_jobs: List[SubmittedJobInfo]) -> None:
         """Ctrl-C or an error: terminate every Batch job of the run, one call per Batch job, and
         wait (bounded) until their running tasks have ended as terminated by the user, so that
-        nothing runs on when `shutdown`, which Snakemake calls next, deletes jobs and pools."""
+        nothing runs on when `shutdown`, which Snakemake calls next, deletes jobs and pools.
+        Requests still retrying an unreachable service give up soon: Snakemake waits for them."""
+        self.patience.cut()
         job_ids = [use.job_id for use in self.uses.values()]
         if not job_ids:
             return
@@ -716,6 +783,7 @@ class Executor(RemoteExecutor):
                 self.logger.info(f"SAJE: Batch job {job_id} terminated; its running tasks were ended.")
 
     def shutdown(self) -> None:
+        self.patience.cut()  # a status query still retrying must not hold up the end of the run
         try:
             super().shutdown()
         finally:
@@ -725,14 +793,18 @@ class Executor(RemoteExecutor):
         """Delete the run's Batch jobs, the pools it created (unless keep-pool) and staged blobs.
 
         Each deletion is tried whatever happened to the others: one failure must not leave the
-        rest costing money. Deleting a job also terminates its running tasks.
+        rest costing money. Deleting a job also terminates its running tasks. An unreachable
+        service gets a short while (not --saje-service-timeout), then each leftover is named
+        with the command that deletes it.
         """
         self.heartbeat.stop()
         self._try("look at the run's pools a last time", lambda: self.observer.observe(self.batch, say=False))
         for use in list(self.uses.values()):
-            self._try(f"delete Batch job {use.job_id}", self.batch.delete_job, use.job_id)
+            self._try(f"delete Batch job {use.job_id}", self.batch.delete_job, use.job_id,
+                      later=f"saje job delete {use.job_id}")
             if use.created and not self.settings.keep_pool:
-                if self._try(f"delete pool {use.pool_id}", self.batch.delete_pool, use.pool_id):
+                if self._try(f"delete pool {use.pool_id}", self.batch.delete_pool, use.pool_id,
+                             later=f"saje pool delete {use.pool_id}"):
                     self.observer.pools_deleted([use.pool_id])
                     self.logger.info(f"SAJE: pool {use.pool_id} deleted.")
             elif use.created:
@@ -743,16 +815,21 @@ class Executor(RemoteExecutor):
             self._try(f"delete staging container {self.staging.container}", self.staging.delete)
             self.staging = None
 
-    def _try(self, what: str, action, *args) -> bool:
+    def _try(self, what: str, action, *args, later: str | None = None) -> bool:
         try:
             action(*args)
             return True
         except Exception as exc:  # clean-up must not mask the run's own outcome
-            self.logger.warning(f"SAJE: could not {what}: {exc}")
+            cause = diagnose(exc)
+            self.logger.warning(f"SAJE: could not {what} ({cause.code}: {cause.detail})"
+                                + (f"; delete it later with: {later}" if later else ""))
             return False
 
 
 # --------------------------------------------------------------------- helpers
+# Batch failure codes of a refused blob transfer ("Batch status and error codes", task table).
+_ACCESS_DENIED = ("FileUploadAccessDenied", "BlobAccessDenied")
+
 def _node_error(error) -> str:
     """'Code: message (name: value, ...)' of a BatchNodeError."""
     details = ", ".join(f"{d.name}: {d.value}" for d in error.error_details or [])

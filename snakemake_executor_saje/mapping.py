@@ -52,6 +52,7 @@ __all__ = [
     "task_request",
     "parse_app_packages",
     "app_packages",
+    "wall_clock",
 ]
 
 MAX_TASK_ID = 64
@@ -132,7 +133,7 @@ class TaskOptions:
     """
 
     max_task_retries: int = 0
-    max_wall_clock_minutes: int | None = None
+    max_wall_clock_minutes: float | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
     resource_files: Sequence[models.ResourceFile] = ()
     output_files: Sequence[models.OutputFile] = ()
@@ -465,6 +466,13 @@ def _runtime_minutes(job: JobSpec) -> int | None:
     return math.ceil(value)
 
 
+def wall_clock(job: JobSpec, default_minutes: float | None = None) -> datetime.timedelta | None:
+    """The task's maxWallClockTime: the rule's runtime (minutes), else `default_minutes`
+    (--saje-max-wall-clock), else none."""
+    minutes = _runtime_minutes(job) or default_minutes
+    return datetime.timedelta(minutes=minutes) if minutes else None
+
+
 def _check_no_secret_in_command(job: JobSpec, command: str, env: Mapping[str, str]) -> None:
     for name, value in env.items():
         if value and len(str(value)) >= _MIN_SECRET_LEN and str(value) in command:
@@ -505,9 +513,8 @@ def task_request(
     env = dict(options.environment)
     _check_no_secret_in_command(job, cmd, env)
 
-    minutes = _runtime_minutes(job) or options.max_wall_clock_minutes
     constraints = models.BatchTaskConstraints(
-        max_wall_clock_time=datetime.timedelta(minutes=minutes) if minutes else None,
+        max_wall_clock_time=wall_clock(job, options.max_wall_clock_minutes),
         max_task_retry_count=options.max_task_retries,
     )
     container = None

@@ -54,7 +54,6 @@ from snakemake_interface_common.exceptions import WorkflowError
 
 from . import catalogue, containers, mounts
 from .mapping import JobSpec, PoolShape, is_mpi
-from .readable import number
 
 __all__ = [
     "PoolSpecError",

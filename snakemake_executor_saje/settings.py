@@ -344,10 +344,10 @@ class ExecutorSettings(ExecutorSettingsBase):
             " separate: each Snakemake retry is a new task."
         ),
     )
-    max_wall_clock: Optional[int] = field(
+    max_wall_clock: Optional[float] = field(
         default=None,
         metadata=_help(
-            "Wall-clock limit in minutes for tasks whose rule sets no runtime.",
+            "Wall-clock limit in minutes (fractions allowed) for tasks whose rule sets no runtime.",
             default_text="no limit",
         ),
     )
@@ -360,6 +360,14 @@ class ExecutorSettings(ExecutorSettingsBase):
             default_text=f"{JOB_MAX_WALL_CLOCK_MINUTES} (7 days)",
         ),
     )
+    sas_allowance: float = field(
+        default=24 * 60.0,
+        metadata=_help(
+            "Minutes a task's SAS tokens (its access to staged files) live beyond its"
+            " wall-clock limit: time to wait for a node and to upload its outputs. A task"
+            " with no wall-clock limit (resources runtime, --saje-max-wall-clock) gets 7 days."
+        ),
+    )
     poll_interval: float = field(
         default=10.0,
         metadata=_help("Seconds between status polls (one list call for the whole run)."),
@@ -370,6 +378,15 @@ class ExecutorSettings(ExecutorSettingsBase):
             "At most one progress line (nodes by state, tasks queued/running/done, the reason"
             " tasks wait, the cost so far) every this many seconds, and only when something"
             " changed. 0: no progress lines (the end-of-run summary is still written)."
+        ),
+    )
+    service_timeout: float = field(
+        default=30.0,
+        metadata=_help(
+            "Minutes SAJE keeps retrying Azure Batch while it is unreachable or throttling"
+            " (connection refused or reset, timeouts, 429, 503); then the waiting jobs fail"
+            " with the cause. Errors no retry can fix (a refused key, the run's job deleted)"
+            " fail them at once."
         ),
     )
     # --- MPI ----------------------------------------------------------------------
@@ -434,8 +451,10 @@ class ExecutorSettings(ExecutorSettingsBase):
             yield f"--saje-task-slots-per-node must be >= 1, got {self.task_slots_per_node}"
         if self.task_retries < -1:
             yield f"--saje-task-retries must be >= -1 (-1: unlimited), got {self.task_retries}"
-        if self.max_wall_clock is not None and self.max_wall_clock < 1:
-            yield f"--saje-max-wall-clock must be >= 1 minute, got {self.max_wall_clock}"
+        if self.max_wall_clock is not None and self.max_wall_clock <= 0:
+            yield f"--saje-max-wall-clock must be > 0 minutes, got {self.max_wall_clock}"
+        if self.sas_allowance <= 0:
+            yield f"--saje-sas-allowance must be > 0 minutes, got {self.sas_allowance}"
         if not 1 <= self.mpi_max_nodes <= 100:
             yield (
                 f"--saje-mpi-max-nodes must be between 1 and 100 (Batch's limit for"
@@ -470,6 +489,8 @@ class ExecutorSettings(ExecutorSettingsBase):
             yield f"--saje-job-max-wall-clock must be >= 0 minutes (0: no limit), got {self.job_max_wall_clock}"
         if self.poll_interval <= 0:
             yield f"--saje-poll-interval must be > 0 seconds, got {self.poll_interval}"
+        if self.service_timeout <= 0:
+            yield f"--saje-service-timeout must be > 0 minutes, got {self.service_timeout}"
         if self.pool_ready_timeout <= 0:
             yield f"--saje-pool-ready-timeout must be > 0 minutes, got {self.pool_ready_timeout}"
         if self.progress_interval < 0:

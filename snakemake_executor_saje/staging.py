@@ -2,11 +2,15 @@
 
 Each run gets its own container (`<--saje-storage-container>-<run id>`, `saje-...` by default), so
 that a run's SAS tokens reach nothing of another run's. The source archive (both data routes) and,
-without default storage, the input files go up once; tasks get them as Batch resource files through
-a read-only SAS, and write their outputs back as Batch output files through a create/write-only SAS
-on that container. Outputs go up on task success only, logs and benchmarks also after a failure.
-The executor downloads a job's outputs only after its task succeeded, to a temporary name first, so
-a half-written output is never taken as done. SAS tokens are short-lived and never logged.
+without default storage, the input files go up once; tasks get them as Batch resource files and
+write their outputs back as Batch output files. Least privilege: each SAS a task carries names
+one blob (read for each input and the sources, create/write for each output file and log), so a
+task can neither read nor overwrite another task's files, the inputs or the sources archive; a
+directory output, whose blob names are not known in advance, gets a create/write SAS on the
+container. A task's SAS tokens live as long as the task may need them (`sas_lifetime`). The
+executor downloads a job's outputs only after its task succeeded, to a temporary name first, so a
+half-written output is never taken as done; logs and benchmarks also go up after a failure.
+SAS tokens are never logged.
 
 Credentials: AZURE_STORAGE_CONNECTION_STRING (Azurite, or an account key) signs service SAS;
 otherwise `storage_account_url` with an Entra credential signs user delegation SAS.
@@ -14,35 +18,51 @@ otherwise `storage_account_url` with an Entra credential signs user delegation S
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 import hashlib
 import logging
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote
 
 from azure.batch import models
 from snakemake_interface_common.exceptions import WorkflowError
 from azure.storage.blob import (
+    BlobSasPermissions,
     BlobServiceClient,
     ContainerSasPermissions,
+    generate_blob_sas,
     generate_container_sas,
 )
 
 log = logging.getLogger(__name__)
 
 SOURCES_BLOB = "sources/snakemake-workflow-sources.tar.xz"
-# The task's stdout.txt and stderr.txt, which sit one level above its working directory.
-LOG_FILE_PATTERN = "../std*.txt"
+SOURCES_NAME = Path(SOURCES_BLOB).name
+# A task's stdout.txt and stderr.txt, which sit one level above its working directory: each
+# goes up on its own (one blob SAS each), as ../<name>.
+LOG_FILES = ("stdout.txt", "stderr.txt")
+FETCH_SCRIPT_BLOB = "tools/saje-fetch-inputs.py"
+FETCH_SCRIPT = Path(FETCH_SCRIPT_BLOB).name
+MANIFEST_NAME = "saje-inputs.tsv"
+# Above this many bytes of input URLs and paths a task's inputs travel in a manifest: Batch refuses
+# a task beyond its size limit (RequestBodyTooLarge), and per-blob SAS URLs are long (~300 bytes).
+MANIFEST_ABOVE_BYTES = 32 * 1024
+UPLOAD_CONCURRENCY = 8
 # ResourceFile.fileMode of staged programs. Batch applies 0770 on Linux when it is unset (so
 # they would run anyway); SAJE says it rather than rely on that default.
 EXECUTABLE_MODE = "0755"
-SAS_LIFETIME = dt.timedelta(hours=12)
+# A user delegation key (hence its SAS) lives at most 7 days ("Create a user delegation SAS").
+MAX_USER_DELEGATION = dt.timedelta(days=7) - dt.timedelta(minutes=10)
+# The SAS lifetime of a task with no wall-clock limit (it may run for any time).
+NO_LIMIT_LIFETIME = dt.timedelta(days=7)
 _CONTAINER_CHARS = re.compile(r"[^a-z0-9-]")
+_GLOB_CHARS = re.compile(r"[*?\[$]")
 
 
 def container_name_for(run_id: str, prefix: str = "saje") -> str:
@@ -59,12 +79,46 @@ def output_blob(task_key: str, path: str) -> str:
     return f"outputs/{task_key}/{path}"
 
 
+def output_rule(task_key: str, path: str) -> tuple[str, str]:
+    """(filePattern, destination path) that upload output `path` (a directory when it ends with
+    '/') to the blob `output_blob(task_key, path)`, whatever characters its name holds.
+
+    Batch output-file patterns are globs ("Batch: OutputFile.filePattern"): `*`, `?` and `[` in a
+    name would match other files or none, so they are escaped the documented way, in brackets
+    (`abc[*]` matches a file named `abc*`); `$` too, as `$var` is expanded first. A pattern with
+    a wildcard (an escape is a bracket expression, so counts as one) makes the destination path a
+    virtual directory, under which each match keeps its path below the pattern's leading
+    directories that hold no wildcard; so the destination is those directories' blob prefix.
+    """
+    directory = path.endswith("/")
+    clean = path.rstrip("/")
+    pattern = escape_glob(clean) + ("/**/*" if directory else "")
+    if pattern == clean:  # one plain file: the destination path is its blob name
+        return pattern, output_blob(task_key, clean)
+    segments = clean.split("/")
+    fixed = []
+    for segment in segments:
+        if escape_glob(segment) != segment:
+            break
+        fixed.append(segment)
+    return pattern, output_blob(task_key, "/".join(fixed)).rstrip("/")
+
+
+def escape_glob(name: str) -> str:
+    """`name` as an output-file pattern that matches exactly it: `*`, `?`, `[`, `$` in brackets."""
+    return _GLOB_CHARS.sub(lambda m: f"[{m.group(0)}]", name)
+
+
 def log_blob(task_key: str, name: str) -> str:
     return f"logs/{task_key}/{name}"
 
 
 def input_blob(path: str) -> str:
     return f"inputs/{path}"
+
+
+def manifest_blob(task_key: str) -> str:
+    return f"manifests/{task_key}.tsv"
 
 
 @dataclass
@@ -74,8 +128,9 @@ class Staging:
     account_key: str | None = field(default=None, repr=False)
     _uploaded: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _sas: dict[str, tuple[dt.datetime, str]] = field(default_factory=dict, repr=False)
     _moved: list[int] = field(default_factory=lambda: [0, 0], repr=False)  # bytes up, bytes down
+    _key: tuple[dt.datetime, Any] | None = field(default=None, repr=False)  # user delegation key, until
+    _script_uploaded: bool = field(default=False, repr=False)
 
     @classmethod
     def connect(cls, run_id: str, *, account_url: str | None, credential: Any = None,
@@ -127,34 +182,41 @@ class Staging:
         return f"{self.service.url.rstrip('/')}/{self.container}"
 
     # ----------------------------------------------------------------- SAS
-    def _container_sas(self, permission: str) -> str:
-        """A cached container SAS; renewed when less than half its lifetime is left."""
+    def expiry(self, lifetime: dt.timedelta) -> tuple[dt.datetime, bool]:
+        """When SAS tokens minted now for `lifetime` expire, and whether that had to be cut short:
+        a user delegation SAS cannot outlive its key, which Azure gives for 7 days at most."""
         now = dt.datetime.now(dt.timezone.utc)
-        with self._lock:
-            cached = self._sas.get(permission)
-            if cached and cached[0] - now > SAS_LIFETIME / 2:
-                return cached[1]
-        expiry = now + SAS_LIFETIME
-        start = now - dt.timedelta(minutes=5)
-        permissions = ContainerSasPermissions.from_string(permission)
-        if self.account_key:
-            token = generate_container_sas(self.service.account_name, self.container, account_key=self.account_key,
-                                           permission=permissions, expiry=expiry, start=start)
-        else:
-            delegation = self.service.get_user_delegation_key(start, expiry)
-            token = generate_container_sas(self.service.account_name, self.container, user_delegation_key=delegation,
-                                           permission=permissions, expiry=expiry, start=start)
-        with self._lock:
-            self._sas[permission] = (expiry, token)
-        return token
+        if self.account_key or lifetime <= MAX_USER_DELEGATION:
+            return now + lifetime, False
+        return now + MAX_USER_DELEGATION, True
 
-    def read_url(self) -> str:
-        """Container URL with a read-only SAS: what resource files download from."""
-        return f"{self.container_url}?{self._container_sas('r')}"
+    def _sas(self, permission: str, expiry: dt.datetime, blob: str | None = None) -> str:
+        """A SAS until `expiry` for one blob (or, blob None, the container), signed with the
+        account key, else with a user delegation key."""
+        start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+        signer: dict[str, Any] = ({"account_key": self.account_key} if self.account_key
+                                  else {"user_delegation_key": self._delegation_key(expiry)})
+        if blob is None:
+            return generate_container_sas(self.service.account_name, self.container, expiry=expiry, start=start,
+                                          permission=ContainerSasPermissions.from_string(permission), **signer)
+        return generate_blob_sas(self.service.account_name, self.container, blob, expiry=expiry, start=start,
+                                 permission=BlobSasPermissions.from_string(permission), **signer)
 
-    def write_url(self) -> str:
-        """Container URL with a create/write-only SAS: outputs can be written, not read or listed."""
-        return f"{self.container_url}?{self._container_sas('cw')}"
+    def _delegation_key(self, expiry: dt.datetime) -> Any:
+        """One user delegation key for every SAS it outlives (one request, not one per task)."""
+        with self._lock:
+            if self._key is not None and self._key[0] >= expiry:
+                return self._key[1]
+        now = dt.datetime.now(dt.timezone.utc)
+        until = max(expiry, now + MAX_USER_DELEGATION)
+        key = self.service.get_user_delegation_key(now - dt.timedelta(minutes=5), until)
+        with self._lock:
+            self._key = (until, key)
+        return key
+
+    def blob_url(self, blob: str, permission: str, expiry: dt.datetime) -> str:
+        """The blob's URL with a SAS for that blob alone."""
+        return f"{self.container_url}/{quote(blob)}?{self._sas(permission, expiry, blob)}"
 
     # ----------------------------------------------------------------- up
     def upload_file(self, local: Path, blob: str) -> None:
@@ -176,71 +238,97 @@ class Staging:
             self._moved[0] += up
             self._moved[1] += down
 
-    def upload_sources(self, archive: Path) -> models.ResourceFile:
+    def upload_sources(self, archive: Path) -> None:
         self.upload_file(archive, SOURCES_BLOB)
-        return self.resource_file(SOURCES_BLOB, Path(SOURCES_BLOB).name)
 
-    def resource_file(self, blob: str, file_path: str, file_mode: str | None = None) -> models.ResourceFile:
-        url = f"{self.container_url}/{quote(blob)}?{self._container_sas('r')}"
-        return models.ResourceFile(http_url=url, file_path=file_path, file_mode=file_mode)
+    def sources_file(self, expiry: dt.datetime) -> models.ResourceFile:
+        """The source archive as a task's resource file, readable until `expiry`."""
+        return self.resource_file(SOURCES_BLOB, SOURCES_NAME, expiry)
 
-    def stage_inputs(self, paths: Iterable[str]) -> list[models.ResourceFile]:
+    def resource_file(self, blob: str, file_path: str, expiry: dt.datetime,
+                      file_mode: str | None = None) -> models.ResourceFile:
+        """A resource file whose URL can read that one blob, until `expiry`."""
+        return models.ResourceFile(http_url=self.blob_url(blob, "r", expiry), file_path=file_path, file_mode=file_mode)
+
+    def stage_inputs(self, paths: Iterable[str], expiry: dt.datetime) -> list[models.ResourceFile]:
         """Upload local input files (once per content change) and return their resource files."""
-        return self.stage_files((path, path) for path in paths)
+        return self.stage_files(((path, path) for path in paths), expiry)
 
-    def stage_files(self, pairs: Iterable[tuple[str, str]]) -> list[models.ResourceFile]:
-        """Upload local files or directories (once per content change) and return resource files
-        that put each at its path on the node (local path, node path), one per file."""
-        files: dict[str, models.ResourceFile] = {}
+    def stage_files(self, pairs: Iterable[tuple[str, str]], expiry: dt.datetime) -> list[models.ResourceFile]:
+        """Upload local files or directories (once per content change, several at a time) and
+        return resource files, readable until `expiry`, that put each at its path on the node
+        (local path, node path), one per file."""
+        placed: dict[str, Path] = {}
         for path, at in pairs:
             for local in _expand(Path(path)):
-                rel = local.as_posix()
-                on_node = (Path(at) / local.relative_to(path)).as_posix() if local != Path(path) else at
-                stat = local.stat()
-                signature = (stat.st_size, stat.st_mtime_ns)
-                with self._lock:
-                    fresh = self._uploaded.get(rel) == signature
-                if not fresh:
-                    self.upload_file(local, input_blob(rel))
-                    with self._lock:
-                        self._uploaded[rel] = signature
-                files[on_node] = self.resource_file(input_blob(rel), on_node,
-                                                    EXECUTABLE_MODE if _executable(local) else None)
-        return list(files.values())
+                placed[(Path(at) / local.relative_to(path)).as_posix() if local != Path(path) else at] = local
+        stale = []
+        for local in set(placed.values()):
+            stat = local.stat()
+            signature = (stat.st_size, stat.st_mtime_ns)
+            with self._lock:
+                if self._uploaded.get(local.as_posix()) != signature:
+                    stale.append((local, signature))
+        if stale:
+            with ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY) as pool:
+                list(pool.map(lambda item: self._upload_input(*item), stale))
+        return [self.resource_file(input_blob(local.as_posix()), on_node, expiry,
+                                   EXECUTABLE_MODE if _executable(local) else None) for on_node, local in placed.items()]
 
-    def output_files(self, task_key: str, paths: Iterable[str], *,
+    def _upload_input(self, local: Path, signature: tuple[int, int]) -> None:
+        self.upload_file(local, input_blob(local.as_posix()))
+        with self._lock:
+            self._uploaded[local.as_posix()] = signature
+
+    def with_manifest(self, task_key: str, files: list[models.ResourceFile],
+                      expiry: dt.datetime) -> tuple[list[models.ResourceFile], str]:
+        """`files` as they fit a task: themselves, or, when their URLs would make the task too
+        large for Batch (RequestBodyTooLarge), the fetch script and a manifest listing them; with
+        the shell that fetches them on the node first ('' when none is needed)."""
+        if sum(len(f.http_url) + len(f.file_path) + 64 for f in files) <= MANIFEST_ABOVE_BYTES:
+            return files, ""
+        with self._lock:
+            script_uploaded, self._script_uploaded = self._script_uploaded, True
+        if not script_uploaded:
+            self.upload_file(Path(__file__).with_name("fetch_inputs.py"), FETCH_SCRIPT_BLOB)
+        listing = "".join(f"{f.http_url}\t{f.file_path}\t{f.file_mode or ''}\n" for f in files)
+        blob = manifest_blob(task_key)
+        self.upload_data(blob, listing.encode())
+        return ([self.resource_file(FETCH_SCRIPT_BLOB, FETCH_SCRIPT, expiry), self.resource_file(blob, MANIFEST_NAME, expiry)],
+                f"python3 {FETCH_SCRIPT} {MANIFEST_NAME} && ")
+
+    def output_files(self, task_key: str, paths: Iterable[str], expiry: dt.datetime, *,
                      condition: str = "tasksuccess") -> list[models.OutputFile]:
         """Upload rules for files a task writes (files, or directories, ending in '/', with
         everything under them, names starting with '.' too), each under its path on the node.
 
         Outputs go up on task success only, so a failed job's outputs are never taken as done;
-        its logs and benchmarks go up on task completion (or failure) with `condition`."""
-        destination_url = self.write_url()
+        its logs and benchmarks go up on task completion (or failure) with `condition`.
+
+        Least privilege: a file gets a SAS, until `expiry`, that can create or write its own
+        blob and nothing else (Batch adds the destination path to the container URL and keeps
+        its query, so a blob SAS there works). A directory's blob names are known only once it
+        is written, and a SAS for a blob prefix needs a hierarchical-namespace account
+        (directory SAS), so a directory gets a create/write SAS on the run's container.
+        """
         rules = []
         for path in paths:
+            pattern, target = output_rule(task_key, path)
             if path.endswith("/"):
-                target = output_blob(task_key, path.rstrip("/"))
+                url = f"{self.container_url}?{self._sas('cw', expiry)}"
                 # Batch's '*' skips names starting with '.' unless the pattern spells the dot.
-                patterns = [(f"{path.rstrip('/')}/**/*", target), (f"{path.rstrip('/')}/**/.*", target)]
+                patterns = [pattern, pattern[: -len("*")] + ".*"]
             else:
-                patterns = [(path, output_blob(task_key, path))]
-            rules.extend(models.OutputFile(
-                file_pattern=pattern,
-                destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
-                    container_url=destination_url, path=target)),
-                upload_options=models.OutputFileUploadConfiguration(upload_condition=condition),
-            ) for pattern, target in patterns)
+                url = f"{self.container_url}?{self._sas('cw', expiry, output_blob(task_key, path))}"
+                patterns = [pattern]
+            rules.extend(_upload(one, url, target, condition) for one in patterns)
         return rules
 
-    def log_files(self, task_key: str) -> list[models.OutputFile]:
+    def log_files(self, task_key: str, expiry: dt.datetime) -> list[models.OutputFile]:
         """stdout.txt/stderr.txt to blob whatever the outcome: autoscale may take the node (and its
         task files) away before a failed task's logs are fetched, the blob copy outlives it."""
-        return [models.OutputFile(
-            file_pattern=LOG_FILE_PATTERN,
-            destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
-                container_url=self.write_url(), path=log_blob(task_key, ""))),
-            upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"),
-        )]
+        return [_upload(f"../{name}", f"{self.container_url}?{self._sas('cw', expiry, log_blob(task_key, name))}",
+                        log_blob(task_key, name), "taskcompletion") for name in LOG_FILES]
 
     # ----------------------------------------------------------------- down
     def download_log(self, task_key: str, name: str, target: Path) -> bool:
@@ -311,6 +399,28 @@ def blob_service(account_url: str | None, credential: Any = None) -> tuple[BlobS
     return None
 
 
+def sas_lifetime(wall_clock: dt.timedelta | None, retries: int, allowance: dt.timedelta) -> dt.timedelta:
+    """How long a task's SAS tokens live from its submission (docs/usage.md, "SAS lifetime").
+
+    They must outlast the wait for a node, every run Batch may make of the task (its wall-clock
+    limit each time: 1 + --saje-task-retries), and the upload of its outputs and logs at the
+    end; the queue wait and upload are the allowance (--saje-sas-allowance). A task with no
+    wall-clock limit, or unlimited retries, may run for any time: 7 days.
+    """
+    if wall_clock is None or retries < 0:
+        return NO_LIMIT_LIFETIME
+    return allowance + wall_clock * (1 + retries)
+
+
+def _upload(pattern: str, container_url: str, path: str, condition: str) -> models.OutputFile:
+    return models.OutputFile(
+        file_pattern=pattern,
+        destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
+            container_url=container_url, path=path)),
+        upload_options=models.OutputFileUploadConfiguration(upload_condition=condition),
+    )
+
+
 class StagingError(WorkflowError):
     """Staging cannot work as configured; the message says what to set."""
 
@@ -330,7 +440,7 @@ class LogCopy:
         return f"{self.prefix}{name}"
 
     def holds(self, name: str) -> bool:
-        return fnmatch.fnmatchcase(name, LOG_FILE_PATTERN.rpartition("/")[2])
+        return name in LOG_FILES
 
 
 def log_copy_of(task: models.BatchTask) -> LogCopy | None:
@@ -338,8 +448,10 @@ def log_copy_of(task: models.BatchTask) -> LogCopy | None:
     itself (its outputFiles), so any process that can read the task finds it; None without one."""
     for output in task.output_files or []:
         container = output.destination.container if output.destination else None
-        if output.file_pattern == LOG_FILE_PATTERN and container is not None and container.container_url:
-            return LogCopy(container.container_url.split("?", 1)[0], container.path or "")
+        folder, _, name = (output.file_pattern or "").rpartition("/")
+        path = (container.path or "") if container is not None else ""
+        if folder == ".." and name in LOG_FILES and container.container_url and path.endswith(name):
+            return LogCopy(container.container_url.split("?", 1)[0], path[: -len(name)])
     return None
 
 
@@ -348,6 +460,60 @@ def node_path(local: str, *, local_prefix: Path, node_prefix: Path) -> str:
     directory: Snakemake keeps it under --local-storage-prefix here and under
     --remote-job-local-storage-prefix (what the job's command passes) there."""
     return (node_prefix / Path(local).relative_to(local_prefix)).as_posix()
+
+
+def write_source_archive(workflow: Any, archive: Path) -> None:
+    """Snakemake's source archive of the workflow, with two git file-name cases made clear.
+
+    Snakemake lists git-tracked files with `git ls-files`, which quotes "unusual" names, and adds
+    them as printed. Non-ASCII names (`données.csv`) are unusual only under git's default
+    core.quotePath, turned off here for this call; names with `"`, `\\` or control characters
+    are always quoted, and are refused with their names and what to do.
+    """
+    try:
+        with _git_config("core.quotePath", "false"):
+            workflow.write_source_archive(archive)
+    except OSError:
+        odd = _unquotable_git_names()
+        if not odd:
+            raise
+        raise StagingError(
+            "SAJE cannot put the workflow's git-tracked files into the source archive the jobs run from: "
+            f"Snakemake cannot read these names back from git ({len(odd)}): {', '.join(map(repr, odd[:5]))}"
+            + (" ..." if len(odd) > 5 else "")
+            + ". Names with '\"', '\\' or control characters are quoted by git. Rename them (git mv) or stop "
+            "tracking them (git rm --cached)."
+        ) from None
+
+
+@contextmanager
+def _git_config(key: str, value: str) -> Iterator[None]:
+    """A git setting for the git commands this process starts meanwhile (GIT_CONFIG_COUNT/KEY/VALUE)."""
+    count = int(os.environ.get("GIT_CONFIG_COUNT") or 0)
+    names = ("GIT_CONFIG_COUNT", f"GIT_CONFIG_KEY_{count}", f"GIT_CONFIG_VALUE_{count}")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(zip(names, (str(count + 1), key, value)))
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def _unquotable_git_names() -> list[str]:
+    """Tracked names git always quotes in `ls-files` output, from its NUL-separated form."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--recurse-submodules", "."], capture_output=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    names = [n.decode(errors="replace") for n in out.split(b"\0") if n]
+    return [n for n in names if '"' in n or "\\" in n or any(ord(c) < 32 or ord(c) == 127 for c in n)]
 
 
 def under(directory: str, files: Iterable[models.ResourceFile]) -> list[models.ResourceFile]:

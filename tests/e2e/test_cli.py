@@ -7,6 +7,7 @@ can be provoked without taking cores from the shared emulator's tests.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -288,7 +289,7 @@ def test_job_logs_of_a_task_whose_node_is_gone_come_from_the_staging_container(e
     try:
         client.create_task(job_id, models.BatchTaskCreateOptions(
             id="align-1-a1", command_line="/bin/sh -c 'echo aligned half; echo bwa: index missing >&2; exit 3'",
-            output_files=staging.log_files("align-1-a1")))
+            output_files=staging.log_files("align-1-a1", staging.expiry(dt.timedelta(hours=1))[0])))
         node_id = completed(client, job_id, "align-1-a1").node_info.node_id
         client.begin_remove_nodes(pool_id, models.BatchNodeRemoveOptions(node_ids=[node_id]),
                                   polling_interval=1).result()

@@ -109,6 +109,26 @@ def test_a_lost_reply_is_lost_after_the_create_was_applied(own_emulator):
     client.close()
 
 
+def test_a_task_add_whose_reply_was_lost_is_retried_and_found_existing_not_duplicated(own_emulator, tmp_path):
+    """SAJE's client (its retry policy retries POST) against a lost addtaskcollection reply: the
+    retry gets TaskExists, which create_tasks counts as done; the emulator saw one creation."""
+    from snakemake_executor_saje.batch import connect
+
+    emulator = own_emulator
+    client = connect(emulator.endpoint, emulator.credential())
+    pool_id = make_pool(client, dedicated=0, wait=False)
+    job_id = make_job(client, pool_id)
+    emulator.faults.update(lose_reply_count=1, lose_reply_to="POST /jobs/{}/addtaskcollection")
+    client.create_tasks(job_id, [models.BatchTaskCreateOptions(id=f"t{i}", command_line="/bin/true") for i in range(3)])
+    request = _signed(emulator, "GET", "/_saje/task-adds", "2025-06-01")
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        adds = json.loads(reply.read())
+    assert emulator.faults.lose_reply_count == 0
+    assert adds["created"] == {f"{job_id}/t{i}": 1 for i in range(3)}
+    assert adds["already_existed"] == {f"{job_id}/t{i}": 1 for i in range(3)}
+    client.close()
+
+
 def test_an_outage_refuses_connections_then_the_same_endpoint_answers(own_emulator):
     emulator = own_emulator
     client = emulator.client(retry_total=0)

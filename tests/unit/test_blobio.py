@@ -16,6 +16,7 @@ def task(tmp_path: Path) -> tuple[Path, Path]:
     files = {
         "a.txt": "a", "b.txt": "b", "ab.txt": "ab", "c.csv": "c", ".hidden.txt": "h",
         "sub/d.txt": "d", "sub/deep/e.txt": "e", "sub/.dot/f.txt": "f", "abc*": "star",
+        "br[1].txt": "br", "qm?x.txt": "qm", "cost$HOME.txt": "cost", "ou[t]/z.txt": "z",
     }
     for rel, text in files.items():
         (wd / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -33,17 +34,23 @@ def names(pattern: str, task: tuple[Path, Path]) -> list[str]:
 @pytest.mark.parametrize(
     ("pattern", "expected"),
     [
-        ("*.txt", ["a.txt", "ab.txt", "b.txt"]),  # '*' skips dot files
+        ("*.txt", ["a.txt", "ab.txt", "b.txt", "br[1].txt", "cost$HOME.txt", "qm?x.txt"]),  # no dot files
         ("?.txt", ["a.txt", "b.txt"]),
+        ("br[1].txt", []),  # unescaped, '[1]' is a class: it matches br1.txt, not br[1].txt
         ("[ab].txt", ["a.txt", "b.txt"]),
         ("[a-b]b.txt", ["ab.txt"]),
         ("[!a].txt", ["b.txt"]),
         (".*.txt", [".hidden.txt"]),  # a spelled-out dot matches
-        ("**/*.txt", ["a.txt", "ab.txt", "b.txt", "sub/d.txt", "sub/deep/e.txt"]),  # no hidden dirs
+        ("**/*.txt", ["a.txt", "ab.txt", "b.txt", "br[1].txt", "cost$HOME.txt", "ou[t]/z.txt", "qm?x.txt",
+                      "sub/d.txt", "sub/deep/e.txt"]),  # no hidden dirs
         ("sub/**/*.txt", ["d.txt", "deep/e.txt"]),  # relative to the fixed part
         ("sub/**", ["d.txt", "deep/e.txt"]),
         ("sub/*/e.txt", ["deep/e.txt"]),
         ("abc[*]", ["abc*"]),  # brackets escape a wildcard
+        ("br[[]1].txt", ["br[1].txt"]),  # '[' escaped; the ']' after it is a plain character
+        ("qm[?]x.txt", ["qm?x.txt"]),
+        ("cost[$]HOME.txt", ["cost$HOME.txt"]),  # '[$]' is no variable to expand
+        ("ou[[]t]/z.txt", ["ou[t]/z.txt"]),  # relative to the fixed part: none before the escape
         ("../std*.txt", ["stderr.txt", "stdout.txt"]),  # '..' is the task directory
         ("nothing/*.txt", []),
     ],

@@ -1,6 +1,7 @@
 """Which files of a job travel, when, and where they land; the node check in the job's command."""
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ from snakemake_executor_saje.executor import NODE_CHECK_PATH, _checked, _node_ch
 from snakemake_executor_saje.staging import Staging, node_path
 
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+EXPIRY = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)  # the SAS tokens' expiry (signed offline)
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ def _rules(rules):
 
 
 def test_outputs_go_up_on_success_only_and_directories_keep_their_dot_files(staging):
-    rules = staging.output_files("map-1-a1", ["bam/A.bam", "clustering/a/"])
+    rules = staging.output_files("map-1-a1", ["bam/A.bam", "clustering/a/"], EXPIRY)
     assert _rules(rules) == [
         ("bam/A.bam", "outputs/map-1-a1/bam/A.bam", "tasksuccess"),
         # Batch's '*' skips names starting with '.' (Snakemake's .snakemake_timestamp, an empty
@@ -40,7 +42,7 @@ def test_outputs_go_up_on_success_only_and_directories_keep_their_dot_files(stag
 
 
 def test_logs_and_benchmarks_can_go_up_whatever_the_exit_code(staging):
-    rules = staging.output_files("map-1-a1", ["logs/map/A.log"], condition="taskcompletion")
+    rules = staging.output_files("map-1-a1", ["logs/map/A.log"], EXPIRY, condition="taskcompletion")
     assert _rules(rules) == [("logs/map/A.log", "outputs/map-1-a1/logs/map/A.log", "taskcompletion")]
 
 
@@ -108,7 +110,7 @@ def _executor_with_default_storage(tmp_path, monkeypatch, needed):
     staged = []
     ex = executor.Executor.__new__(executor.Executor)
     ex.uses_default_storage = True
-    ex.staging = SimpleNamespace(stage_files=lambda pairs: staged.extend(pairs) or ["resource files"])
+    ex.staging = SimpleNamespace(stage_files=lambda pairs, expiry: staged.extend(pairs) or ["resource files"])
     ex.workflow = SimpleNamespace(async_run=asyncio.run, storage_settings=SimpleNamespace(
         local_storage_prefix=Path(".snakemake/storage"), remote_job_local_storage_prefix=Path("node/storage")))
     return ex, staged
@@ -118,7 +120,7 @@ def test_checkpoint_outputs_with_a_local_copy_go_to_the_nodes_storage_prefix(tmp
     out = _StorageFile(".snakemake/storage/azure/data/run/clustering/a")
     ex, staged = _executor_with_default_storage(tmp_path, monkeypatch, [out])
     Path(out).mkdir(parents=True)
-    assert ex._stage_for_node(SimpleNamespace(input=[])) == ["resource files"]
+    assert ex._stage_for_node(SimpleNamespace(input=[]), EXPIRY) == ["resource files"]
     assert staged == [(out, "node/storage/azure/data/run/clustering/a")]
 
 
@@ -128,11 +130,11 @@ def test_a_checkpoint_output_evaluated_without_its_local_copy_is_fetched_and_the
     out = _StorageFile(".snakemake/storage/azure/data/run/clustering/a")
     ex, staged = _executor_with_default_storage(tmp_path, monkeypatch, [out])
     with pytest.raises(UnseenOutputs, match=r"az://data/run/clustering/a.*run Snakemake again"):
-        ex._stage_for_node(SimpleNamespace(input=[]))
+        ex._stage_for_node(SimpleNamespace(input=[]), EXPIRY)
     assert (Path(out) / "1.txt").exists() and staged == []  # fetched: the next run evaluates with it
     # A checkpoint output that is also an input of the job was planned from its name alone.
     Path(out, "1.txt").unlink(), Path(out).rmdir()
-    assert ex._stage_for_node(SimpleNamespace(input=[out])) == ["resource files"] and staged == []
+    assert ex._stage_for_node(SimpleNamespace(input=[out]), EXPIRY) == ["resource files"] and staged == []
 
 
 def test_expectations_too_large_for_one_variable_go_as_a_file(monkeypatch):
@@ -141,13 +143,13 @@ def test_expectations_too_large_for_one_variable_go_as_a_file(monkeypatch):
     uploads = {}
     ex = executor.Executor.__new__(executor.Executor)
     ex.staging = SimpleNamespace(upload_data=uploads.__setitem__,
-                                 resource_file=lambda blob, path: (blob, path))
+                                 resource_file=lambda blob, path, expiry: (blob, path))
     job = SimpleNamespace(rule=SimpleNamespace(name="total"), wildcards_dict={}, input=["counts/A.txt"],
                           output=["counts/total.txt"], is_group=lambda: False)
-    inline, files = ex._expectation(job, "total-1-a1")
+    inline, files = ex._expectation(job, "total-1-a1", EXPIRY)
     assert node_check.decode(inline)["total"]["input"] == ["counts/A.txt"] and files == []
     monkeypatch.setattr(executor, "INLINE_EXPECT_LIMIT", 10)
-    value, files = ex._expectation(job, "total-1-a1")
+    value, files = ex._expectation(job, "total-1-a1", EXPIRY)
     assert value == node_check.FILE_PREFIX + executor.NODE_EXPECT_PATH
     assert files == [("tasks/total-1-a1/expected.txt", executor.NODE_EXPECT_PATH)]
     assert node_check.decode(uploads["tasks/total-1-a1/expected.txt"].decode()) == node_check.decode(inline)
