@@ -37,7 +37,7 @@ BACKOFF_MAX_SECONDS = 30.0
 # Snakemake from exiting for long, and what it cannot delete is named for `saje pool delete`.
 CLEANUP_PATIENCE_SECONDS = 30.0
 # Throttling is over (and said so) once no request was throttled for this long.
-THROTTLING_OVER_SECONDS = 60.0
+THROTTLING_OVER_SECONDS = 300.0
 
 # Codes of errors no retry can fix, with what the user can do about them.
 _ADVICE = {
