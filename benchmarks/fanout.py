@@ -30,7 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 SNAKEFILE = """\
 N = {n}
@@ -64,7 +66,8 @@ def start_emulator(data_dir: Path) -> tuple[subprocess.Popen, dict[str, str]]:
     raise SystemExit(f"the emulator did not start (exit code {proc.wait()})")
 
 
-def request_counts(env: dict[str, str]) -> dict[str, int]:
+def control(env: dict[str, str], method: str, path: str, body: dict | None = None) -> dict:
+    """A call to the emulator's control endpoints (GET /_saje/requests, POST /_saje/faults, ...)."""
     from azure.batch import BatchClient
     from azure.core.credentials import AzureNamedKeyCredential
     from azure.core.rest import HttpRequest
@@ -72,15 +75,39 @@ def request_counts(env: dict[str, str]) -> dict[str, int]:
     client = BatchClient(env["SNAKEMAKE_SAJE_ACCOUNT_URL"], AzureNamedKeyCredential(
         env["SNAKEMAKE_SAJE_ACCOUNT_NAME"], env["SNAKEMAKE_SAJE_ACCOUNT_KEY"]))
     try:
-        response = client.send_request(HttpRequest("GET", "/_saje/requests"))
+        response = client.send_request(HttpRequest(method, path, json=body))
         response.raise_for_status()
         return response.json()
     finally:
         client.close()
 
 
-def instrument() -> dict[str, int]:
-    """Replace the node-side command (see the module docstring) and count the executor's polls."""
+def request_counts(env: dict[str, str]) -> dict[str, int]:
+    return control(env, "GET", "/_saje/requests")
+
+
+@contextmanager
+def fanout_on_the_emulator(n: int, prefix: str) -> Iterator[tuple[dict[str, str], Path, Path]]:
+    """(client environment, workflow directory, temporary directory): the emulator started in a
+    child process and an N-job fan-out written; the emulator is stopped afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        tmp_path = Path(tmp)
+        emulator, env = start_emulator(tmp_path / "emulator")
+        try:
+            os.environ.update(env)
+            workdir = tmp_path / "wf"
+            workdir.mkdir()
+            (workdir / "Snakefile").write_text(SNAKEFILE.format(n=n))
+            yield env, workdir, tmp_path
+        finally:
+            os.chdir(tmp)
+            emulator.terminate()
+            emulator.wait(30)
+
+
+def instrument(ledger: Path | None = None) -> dict[str, int]:
+    """Replace the node-side command (see the module docstring) and count the executor's polls.
+    With `ledger`, each task also appends its Batch task id to that file: one line per run of it."""
     from snakemake_executor_saje import executor
 
     polls = {"polls": 0}
@@ -90,6 +117,8 @@ def instrument() -> dict[str, int]:
         dirs = sorted({os.path.dirname(o) for o in outputs if os.path.dirname(o)})
         steps = [f"mkdir -p {' '.join(map(shlex.quote, dirs))}"] if dirs else []
         steps += [f"echo {job.jobid} > {shlex.quote(o)}" for o in outputs]
+        if ledger is not None:
+            steps.append(f"echo $AZ_BATCH_TASK_ID >> {shlex.quote(str(ledger))}")
         return " && ".join(steps)
 
     check = executor.Executor.check_active_jobs
@@ -104,40 +133,34 @@ def instrument() -> dict[str, int]:
     return polls
 
 
-def run(n: int, max_nodes: int, slots: int, poll: float) -> dict:
-    with tempfile.TemporaryDirectory(prefix="saje-bench-") as tmp:
-        tmp_path = Path(tmp)
-        emulator, env = start_emulator(tmp_path / "emulator")
-        try:
-            os.environ.update(env)
-            workdir = tmp_path / "wf"
-            workdir.mkdir()
-            (workdir / "Snakefile").write_text(SNAKEFILE.format(n=n))
-            polls = instrument()
-            from snakemake.cli import main as snakemake_main
+def snakemake_args(n: int, max_nodes: int, slots: int, poll: float, quiet: tuple[str, ...] = ("all",)) -> list[str]:
+    """The `snakemake` command line of a benchmark run (without the program name)."""
+    return [
+        "--executor", "saje", "--jobs", str(n), "--scheduler", "greedy", "--quiet", *quiet,
+        "--latency-wait", "5", "--saje-vm-size", "Standard_D2s_v5",
+        "--saje-task-slots-per-node", str(slots), "--saje-max-nodes", str(max_nodes),
+        "--saje-autoscale-interval", "5", "--saje-snakemake-install", "none",
+        "--saje-poll-interval", str(poll),
+    ]
 
-            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            before = request_counts(env)
-            os.chdir(workdir)
-            started = time.monotonic()
-            try:
-                snakemake_main([
-                    "--executor", "saje", "--jobs", str(n), "--scheduler", "greedy", "--quiet", "all",
-                    "--latency-wait", "5", "--saje-vm-size", "Standard_D2s_v5",
-                    "--saje-task-slots-per-node", str(slots), "--saje-max-nodes", str(max_nodes),
-                    "--saje-autoscale-interval", "5", "--saje-snakemake-install", "none",
-                    "--saje-poll-interval", str(poll),
-                ])
-                code = 0
-            except SystemExit as exc:
-                code = int(exc.code or 0)
-            wall = time.monotonic() - started
-            after = request_counts(env)
-            produced = len(list((workdir / "out").glob("*.txt"))) if (workdir / "out").exists() else 0
-        finally:
-            os.chdir(tmp)
-            emulator.terminate()
-            emulator.wait(30)
+
+def run(n: int, max_nodes: int, slots: int, poll: float) -> dict:
+    with fanout_on_the_emulator(n, "saje-bench-") as (env, workdir, _):
+        polls = instrument()
+        from snakemake.cli import main as snakemake_main
+
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = request_counts(env)
+        os.chdir(workdir)
+        started = time.monotonic()
+        try:
+            snakemake_main(snakemake_args(n, max_nodes, slots, poll))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        wall = time.monotonic() - started
+        after = request_counts(env)
+        produced = len(list((workdir / "out").glob("*.txt"))) if (workdir / "out").exists() else 0
     calls = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(after) if after.get(k, 0) - before.get(k, 0)}
     return {
         "n": n, "exit_code": code, "outputs": produced, "wall_seconds": round(wall, 1),
