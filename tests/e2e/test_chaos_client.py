@@ -336,11 +336,12 @@ def test_a_tasks_sas_reaches_its_own_blobs_only(chaos, monkeypatch):
     staging = Staging.connect(f"least-privilege-{time.time_ns()}", account_url=None)
     try:
         staging.upload_sources(Path("sources.tar.xz"))
-        files = staging.task_files("a-1-a1", expiry, inputs=["in.txt"], outputs=["res/a.txt"])
-        staging.task_files("b-2-a1", expiry, inputs=["in.txt"], outputs=["res/b.txt"])
+        outputs = staging.output_files("a-1-a1", ["res/a.txt"], expiry)
+        inputs = [*staging.stage_files([("in.txt", "in.txt")], expiry), staging.sources_file(expiry)]
+        staging.output_files("b-2-a1", ["res/b.txt"], expiry)
         theirs = output_blob("b-2-a1", "res/b.txt")
         staging.service.get_blob_client(staging.container, theirs).upload_blob(b"b's output")
-        mine = next(f for f in files.output_files if f.file_pattern == "res/a.txt").destination.container
+        mine = next(f for f in outputs if f.file_pattern == "res/a.txt").destination.container
         assert mine.path == output_blob("a-1-a1", "res/a.txt")
         base, token = mine.container_url.split("?")
 
@@ -352,7 +353,7 @@ def test_a_tasks_sas_reaches_its_own_blobs_only(chaos, monkeypatch):
             with pytest.raises(HttpResponseError) as refused:
                 write(victim)
             assert refused.value.status_code == 403, victim
-        reads = {f.file_path: f.http_url for f in files.resource_files}
+        reads = {f.file_path: f.http_url for f in inputs}
         assert BlobClient.from_blob_url(reads["in.txt"]).download_blob().readall() == b"input"
         assert BlobClient.from_blob_url(reads[Path(SOURCES_BLOB).name]).download_blob().readall() == b"sources"
         read_token = reads["in.txt"].split("?")[1]
