@@ -507,6 +507,7 @@ class Executor(RemoteExecutor):
                 self.polled_at.pop(job_id, None)
             else:
                 self.polled_at[job_id] = service_time
+                self.observer.service_clock(service_time)
         stuck = {**self._check_pools({info.aux["batch_job"] for info in active_jobs}), **lost}
         self.observer.observe(self.batch)
         finished = []

@@ -126,7 +126,7 @@ class NodeRecord:
         the pool, less the time it spent preempted or deallocated (Azure may restore a preempted
         Spot node within 48 hours; it is billed again from then)."""
         end = min(x for x in (self.ended, until) if x is not None)
-        cursor, billing, total = max(self.allocated, start), True, 0.0
+        cursor, billing, total = min(max(self.allocated, start), end), True, 0.0
         for moment, state in sorted(self.states):
             moment = min(max(moment, cursor), end)
             total += moment - cursor if billing else 0.0
