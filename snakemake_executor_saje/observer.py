@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from . import prices, runrecord
 from .prices import PriceTable
-from .runrecord import NodeRecord, PoolRecord, RunRecord, Sample, TaskRecord, grouped, seconds
+from .runrecord import ClockMap, NodeRecord, PoolRecord, RunRecord, Sample, TaskRecord, grouped, seconds
 
 # Records are rewritten at most this often during the run (and always at its end), so that a
 # run killed half-way still leaves something to report; more often would cost too much at scale.
@@ -127,23 +127,20 @@ class RunObserver:
         self.hinted = False
         self.complained = False
         self.staging = None  # a staging.Staging, for the data-moved figures
-        # The service's clock minus this machine's, in seconds (see `service_clock`).
-        self.service_offset = 0.0
+        self.clock_map = ClockMap(0.0, 0.0)  # until told otherwise: the service's clock is ours
 
     # ------------------------------------------------------------------ fed by the executor
-    def service_clock(self, service_now: Any) -> None:
-        """The service's time now (a listing's Date header). Batch's timestamps (allocation, state
-        transitions, task start and end) are on its clock, the run's own moments on this machine's:
-        a skewed client, or a time-scaled emulator running hours ahead, must not mix the two (a
-        node would seem allocated after it was deleted, and bill negative hours)."""
-        moment = seconds(service_now)
-        if moment is not None:
-            self.service_offset = moment - self.clock()
+    def service_clock(self, mapping: ClockMap) -> None:
+        """How the service's clock maps onto this machine's (see ClockMap): Batch's timestamps
+        (allocation, state transitions, task start and end) are on its clock, the run's own moments
+        on this machine's. A skewed client, or a time-scaled emulator running hours ahead, must not
+        mix the two (a node would seem allocated after it was deleted, and bill negative hours)."""
+        self.clock_map = mapping
 
     def _local(self, value: Any) -> float | None:
         """A Batch timestamp on this machine's clock."""
         moment = seconds(value)
-        return None if moment is None else moment - self.service_offset
+        return None if moment is None else self.clock_map.to_local(moment)
 
     def pool_added(self, pool_id: str, vm_size: str, *, spot: bool, batch_job: str, created: bool, mpi: bool) -> None:
         """A pool the run uses; its first use of a VM size (re)loads the prices, said once per source."""

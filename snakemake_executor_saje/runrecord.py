@@ -77,6 +77,19 @@ def seconds(value: Any) -> float | None:
 
 
 # ----------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class ClockMap:
+    """One moment read on the service's clock and on this machine's, and how many service seconds
+    pass per second here: 1 on Azure (then only the skew counts), an emulator's time scale."""
+
+    service: float
+    local: float
+    scale: float = 1.0
+
+    def to_local(self, moment: float) -> float:
+        return self.local + (moment - self.service) / self.scale
+
+
 @dataclass
 class TaskRecord:
     """One Batch task of the run (one Snakemake job attempt)."""
