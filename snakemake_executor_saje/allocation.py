@@ -31,7 +31,7 @@ SPOT_SOURCE = ("https://learn.microsoft.com/azure/batch/low-priority-vms-retirem
                " (FAQ: Spot VMs only in user subscription pool allocation accounts)")
 VNET_SOURCE = "https://learn.microsoft.com/azure/batch/batch-virtual-network (prerequisites: authentication)"
 
-__all__ = ["AccountFacts", "Finding", "check", "account_facts"]
+__all__ = ["AccountFacts", "AccountLookupError", "Finding", "check", "account_facts", "arm_account"]
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,14 @@ def _netloc(endpoint: str) -> str:
     return urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}").netloc.lower()
 
 
-def account_facts(endpoint: str, settings: Any, account_name: str | None = None) -> AccountFacts | None:
-    """The account behind `endpoint`, read through ARM (its subscription's Batch accounts, matched
-    by endpoint and name); None, with the reason logged, when ARM cannot be read."""
+class AccountLookupError(Exception):
+    """The Batch account behind an endpoint could not be read through ARM; the message says why."""
+
+
+def arm_account(endpoint: str, settings: Any, account_name: str | None = None):
+    """(Arm, the account's azure-mgmt-batch model) for the account behind `endpoint` (its
+    subscription's Batch accounts, matched by endpoint and name). The caller closes the Arm.
+    Raises AccountLookupError naming what is missing."""
     from .credentials import CredentialsError, get_profile, resolve_storage_credential
     from .setup.clients import Arm, connection_settings
 
@@ -94,26 +99,37 @@ def account_facts(endpoint: str, settings: Any, account_name: str | None = None)
             profile = get_profile(settings.credential_profile, getattr(settings, "credentials_file", None))
             subscription = profile.subscription_id or subscription
         if not subscription:
-            log.info("SAJE: no subscription id known, so the Batch account's allocation mode is not checked")
-            return None
+            raise AccountLookupError("no subscription id is known (the credential profile's subscription_id, or"
+                                     " AZURE_SUBSCRIPTION_ID)")
         connection = connection_settings({})
         arm = Arm(subscription, resolve_storage_credential(settings), connection["arm_endpoint"], connection["ca_bundle"])
     except CredentialsError as exc:
-        log.info("SAJE: no ARM credential for the allocation-mode check: %s", exc)
-        return None
+        raise AccountLookupError(f"no ARM credential: {exc}") from None
     name = (account_name or _account_name(endpoint)).lower()
     try:
         accounts = [a for a in arm.batch.batch_account.list() if _netloc(a.account_endpoint or "") == _netloc(endpoint)]
         if len(accounts) > 1:
             accounts = [a for a in accounts if (a.name or "").lower() == name]
         if len(accounts) != 1:
-            log.info("SAJE: no single Batch account with endpoint %s in subscription %s", endpoint, subscription)
-            return None
-        account = accounts[0]
+            raise AccountLookupError(f"no single Batch account with endpoint {endpoint} in subscription {subscription}")
+        return arm, accounts[0]
+    except AccountLookupError:
+        arm.close()
+        raise
+    except Exception as exc:  # noqa: BLE001 - any ARM problem is the lookup's failure
+        arm.close()
+        raise AccountLookupError(f"could not read the Batch account through ARM: {exc}") from None
+
+
+def account_facts(endpoint: str, settings: Any, account_name: str | None = None) -> AccountFacts | None:
+    """The account behind `endpoint`, read through ARM; None, with the reason logged, when ARM cannot be read."""
+    try:
+        arm, account = arm_account(endpoint, settings, account_name)
+    except AccountLookupError as exc:
+        log.info("SAJE: the Batch account's allocation mode is not checked: %s", exc)
+        return None
+    try:
         mode = str(getattr(account.pool_allocation_mode, "value", account.pool_allocation_mode) or "BatchService")
         return AccountFacts(account.name, "UserSubscription" if mode.lower() == "usersubscription" else "BatchService")
-    except Exception as exc:  # noqa: BLE001 - any ARM problem leaves the check undecided, never the run
-        log.info("SAJE: could not read the Batch account through ARM: %s", exc)
-        return None
     finally:
         arm.close()

@@ -27,9 +27,8 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
-from . import allocation, checkpoints, containers, credentials, leftovers, mapping, mpi, node_check, pools, runs, sources
+from . import allocation, armpools, checkpoints, containers, credentials, leftovers, mapping, mpi, node_check, pools, runs, sources
 from .observer import RunObserver, peak_memory_mb
-from .runrecord import ClockMap
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .poolwatch import PoolWatch, StartTaskFailure
@@ -81,6 +80,9 @@ class Executor(RemoteExecutor):
         self.batch = BatchGateway(batch_connect(endpoint, credential, self.patience))
         self.trouble_since: float | None = None  # when status queries started failing transiently
         self.said: set[str] = set()  # run-wide error messages already logged (each is said once)
+        self.endpoint = endpoint
+        self.account_name = credential.named_key.name if hasattr(credential, "named_key") else None
+        self.arm_pools: armpools.ArmPools | None = None  # --saje-node-identity: pools are created through ARM
         self.emulated = _is_loopback(endpoint)
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.tag = runs.RunTag.current(self.run_id, dt.timedelta(minutes=float(self.settings.heartbeat_interval)))
@@ -152,7 +154,8 @@ class Executor(RemoteExecutor):
             self._settle_dead_runs()
             for job_id, items in by_use.items():
                 self.batch.submit(job_id, [request for request, _ in items])
-        except (mapping.JobMappingError, pools.PoolSpecError, containers.ContainerChoiceError, BatchSubmitError) as exc:
+        except (mapping.JobMappingError, pools.PoolSpecError, containers.ContainerChoiceError, armpools.NodeIdentityError,
+                BatchSubmitError) as exc:
             raise WorkflowError(str(exc)) from None
         except AzureError as exc:
             raise WorkflowError(f"SAJE could not submit the jobs: {diagnose(exc).explain(self._patience_minutes)}") from None
@@ -381,10 +384,11 @@ class Executor(RemoteExecutor):
                 tags=self.tag.metadata(),
             )
             make_spec(())  # refuses a pool SAJE must not create before anything is uploaded
+            self._arm_pools()  # and a node identity SAJE cannot give its pools
             self._ensure_staging()
             spec_request = make_spec(self._start_task_files())
             try:
-                created = self.batch.create_pool(spec_request, self.run_id)
+                created = self._create_pool(spec_request)
             except HttpResponseError as exc:
                 raise pools.PoolSpecError(f"Azure Batch refused pool {pool_id}: {describe_http_error(exc)}") from None
             self.logger.info(f"SAJE: pool {pool_id} ({pool_class.vm_size}{', MPI' if pool_class.mpi else ''}) created for this run.")
@@ -402,6 +406,20 @@ class Executor(RemoteExecutor):
                               metadata=self.tag.metadata())
         self.heartbeat.start()
         return use
+
+    def _create_pool(self, spec: "pools.models.BatchPoolCreateOptions") -> bool:
+        """Create a pool SAJE needs; through ARM when it has a managed identity (the data plane cannot
+        give it one: armpools.py). True when this run owns it (batch.BatchGateway.create_pool)."""
+        arm = self._arm_pools()
+        if arm is not None:
+            return arm.create(spec, [self.settings.node_identity], self.run_id)
+        return self.batch.create_pool(spec, self.run_id)
+
+    def _arm_pools(self) -> armpools.ArmPools | None:
+        """The account's pools through ARM, with --saje-node-identity (connected once); else None."""
+        if self.settings.node_identity and self.arm_pools is None:
+            self.arm_pools = armpools.ArmPools.connect(self.endpoint, self.settings, self.account_name)
+        return self.arm_pools
 
     def _start_task_files(self) -> list:
         """--saje-start-task-script, uploaded once per run into the staging container."""
@@ -439,7 +457,7 @@ class Executor(RemoteExecutor):
             credential = credentials.resolve_storage_credential(self.settings)
         self.staging = Staging.connect(self.run_id, account_url=self.settings.storage_account_url,
                                        credential=credential, prefix=self.settings.storage_container,
-                                       metadata=self.tag.container_metadata())
+                                       metadata=self.tag.container_metadata(), identity=self.settings.node_identity)
         self.observer.staging = self.staging
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / SOURCES_NAME
@@ -508,7 +526,6 @@ class Executor(RemoteExecutor):
                 self.polled_at.pop(job_id, None)
             else:
                 self.polled_at[job_id] = service_time
-        self._map_service_clock(polled)
         stuck = {**self._check_pools({info.aux["batch_job"] for info in active_jobs}), **lost}
         self.observer.observe(self.batch)
         finished = []
@@ -528,22 +545,6 @@ class Executor(RemoteExecutor):
             self._finish(info, outcome, missing.get(info.external_jobid, []))
             self.observer.finished(completed[info.external_jobid], log_dir=LOG_DIR / info.aux["batch_job"] / info.external_jobid,
                                    peak_memory_mb=peak_memory_mb(_products(info.job)[2]) if outcome.succeeded else None)
-
-    def _map_service_clock(self, polled: dict[str, dt.datetime | None]) -> None:
-        """Tell the run's record how Batch's clock maps onto ours: the emulator says it, time
-        scale included; Azure's is read from the poll's Date header (its skew from ours)."""
-        mapping = None
-        if self.emulated:
-            try:
-                mapping = self.batch.emulator_clock()
-            except (AzureError, KeyError, ValueError):
-                mapping = None
-        if mapping is None:
-            times = [t for t in polled.values() if t is not None]
-            if not times:
-                return
-            mapping = ClockMap(times[-1].timestamp(), time.time())
-        self.observer.service_clock(mapping)
 
     @property
     def _patience_minutes(self) -> float:
@@ -828,6 +829,9 @@ class Executor(RemoteExecutor):
             elif use.created:
                 self.logger.info(f"SAJE: pool {use.pool_id} kept (--saje-keep-pool); delete it with: saje pool delete {use.pool_id}")
         self.uses.clear()
+        if self.arm_pools is not None:
+            self.arm_pools.close()
+            self.arm_pools = None
         self._try("write the run summary", self.observer.finish)
         if self.staging is not None:
             self._try(f"delete staging container {self.staging.container}", self.staging.delete)

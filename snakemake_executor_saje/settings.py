@@ -222,6 +222,16 @@ class ExecutorSettings(ExecutorSettingsBase):
             " while they have nodes)."
         ),
     )
+    node_identity: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "A user-assigned managed identity (its ARM resource id, /subscriptions/.../providers/"
+            "Microsoft.ManagedIdentity/userAssignedIdentities/NAME) given to the pools SAJE creates, which"
+            " then reach storage with it: the run's files travel with no SAS, and tasks get its tokens"
+            " (docs/usage.md#managed-identity-on-the-nodes). Pools are then created through Azure Resource"
+            " Manager, which needs a subscription id and an Entra ID credential.",
+        ),
+    )
     subnet_id: Optional[str] = field(
         default=None,
         metadata=_help("Virtual network subnet resource id for created pools."),
@@ -478,6 +488,13 @@ class ExecutorSettings(ExecutorSettingsBase):
                 parse_app_packages(self.app_packages, "--saje-app-packages")
             except JobMappingError as exc:
                 yield str(exc)
+        if self.node_identity:
+            from .armpools import is_user_assigned_identity
+
+            if not is_user_assigned_identity(self.node_identity):
+                yield (f"--saje-node-identity {self.node_identity!r} is not the resource id of a user-assigned identity:"
+                       " /subscriptions/SUB/resourceGroups/GROUP/providers/Microsoft.ManagedIdentity/"
+                       "userAssignedIdentities/NAME (az identity show --query id)")
         if self.mounts:
             from .mounts import MountSettingError, parse_mounts
 

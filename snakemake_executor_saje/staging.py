@@ -13,7 +13,9 @@ half-written output is never taken as done; logs and benchmarks also go up after
 SAS tokens are never logged.
 
 Credentials: AZURE_STORAGE_CONNECTION_STRING (Azurite, or an account key) signs service SAS;
-otherwise `storage_account_url` with an Entra credential signs user delegation SAS.
+otherwise `storage_account_url` with an Entra credential signs user delegation SAS. With a node
+identity (--saje-node-identity) no SAS is made at all: resource and output files name the pools'
+managed identity (identityReference), which Batch's node agent gets tokens for.
 """
 from __future__ import annotations
 
@@ -131,11 +133,14 @@ class Staging:
     _moved: list[int] = field(default_factory=lambda: [0, 0], repr=False)  # bytes up, bytes down
     _key: tuple[dt.datetime, Any] | None = field(default=None, repr=False)  # user delegation key, until
     _script_uploaded: bool = field(default=False, repr=False)
+    identity: str | None = None  # the pools' managed identity (ARM id): files travel with it, no SAS
 
     @classmethod
     def connect(cls, run_id: str, *, account_url: str | None, credential: Any = None,
-                prefix: str = "saje", metadata: dict[str, str] | None = None) -> "Staging":
-        """The run's container, created with `metadata` (the run's tag, runs.py)."""
+                prefix: str = "saje", metadata: dict[str, str] | None = None,
+                identity: str | None = None) -> "Staging":
+        """The run's container, created with `metadata` (the run's tag, runs.py). With `identity`
+        (--saje-node-identity) tasks reach it with the pools' managed identity instead of a SAS."""
         found = blob_service(account_url, credential)
         if found is None:
             raise StagingError(
@@ -143,7 +148,7 @@ class Staging:
                 "needs a blob account. Set --saje-storage-account-url (with az login or a managed identity), or "
                 "AZURE_STORAGE_CONNECTION_STRING, or use --default-storage-provider azure."
             )
-        staging = cls(found[0], container_name_for(run_id, prefix), found[1])
+        staging = cls(found[0], container_name_for(run_id, prefix), found[1], identity=identity)
         staging._create_container(metadata)
         return staging
 
@@ -186,7 +191,7 @@ class Staging:
         """When SAS tokens minted now for `lifetime` expire, and whether that had to be cut short:
         a user delegation SAS cannot outlive its key, which Azure gives for 7 days at most."""
         now = dt.datetime.now(dt.timezone.utc)
-        if self.account_key or lifetime <= MAX_USER_DELEGATION:
+        if self.account_key or self.identity or lifetime <= MAX_USER_DELEGATION:
             return now + lifetime, False
         return now + MAX_USER_DELEGATION, True
 
@@ -245,9 +250,21 @@ class Staging:
         """The source archive as a task's resource file, readable until `expiry`."""
         return self.resource_file(SOURCES_BLOB, SOURCES_NAME, expiry)
 
+    def _reference(self) -> models.BatchNodeIdentityReference | None:
+        return models.BatchNodeIdentityReference(resource_id=self.identity) if self.identity else None
+
+    def _write_url(self, expiry: dt.datetime, blob: str | None = None) -> str:
+        """The container URL output files go to: with a create/write SAS for `blob` (None: the
+        container), or bare when the node identity carries the right."""
+        return self.container_url if self.identity else f"{self.container_url}?{self._sas('cw', expiry, blob)}"
+
     def resource_file(self, blob: str, file_path: str, expiry: dt.datetime,
                       file_mode: str | None = None) -> models.ResourceFile:
-        """A resource file whose URL can read that one blob, until `expiry`."""
+        """A resource file whose URL can read that one blob, until `expiry`; with the node identity
+        instead when the pools have one (no SAS)."""
+        if self.identity:
+            return models.ResourceFile(http_url=f"{self.container_url}/{quote(blob)}", file_path=file_path,
+                                       file_mode=file_mode, identity_reference=self._reference())
         return models.ResourceFile(http_url=self.blob_url(blob, "r", expiry), file_path=file_path, file_mode=file_mode)
 
     def stage_inputs(self, paths: Iterable[str], expiry: dt.datetime) -> list[models.ResourceFile]:
@@ -291,7 +308,7 @@ class Staging:
             script_uploaded, self._script_uploaded = self._script_uploaded, True
         if not script_uploaded:
             self.upload_file(Path(__file__).with_name("fetch_inputs.py"), FETCH_SCRIPT_BLOB)
-        listing = "".join(f"{f.http_url}\t{f.file_path}\t{f.file_mode or ''}\n" for f in files)
+        listing = "".join(_manifest_line(f) for f in files)
         blob = manifest_blob(task_key)
         self.upload_data(blob, listing.encode())
         return ([self.resource_file(FETCH_SCRIPT_BLOB, FETCH_SCRIPT, expiry), self.resource_file(blob, MANIFEST_NAME, expiry)],
@@ -309,26 +326,27 @@ class Staging:
         blob and nothing else (Batch adds the destination path to the container URL and keeps
         its query, so a blob SAS there works). A directory's blob names are known only once it
         is written, and a SAS for a blob prefix needs a hierarchical-namespace account
-        (directory SAS), so a directory gets a create/write SAS on the run's container.
+        (directory SAS), so a directory gets a create/write SAS on the run's container. With a
+        node identity there is no SAS: the rule names the identity (identityReference).
         """
         rules = []
         for path in paths:
             pattern, target = output_rule(task_key, path)
             if path.endswith("/"):
-                url = f"{self.container_url}?{self._sas('cw', expiry)}"
+                url = self._write_url(expiry)
                 # Batch's '*' skips names starting with '.' unless the pattern spells the dot.
                 patterns = [pattern, pattern[: -len("*")] + ".*"]
             else:
-                url = f"{self.container_url}?{self._sas('cw', expiry, output_blob(task_key, path))}"
+                url = self._write_url(expiry, output_blob(task_key, path))
                 patterns = [pattern]
-            rules.extend(_upload(one, url, target, condition) for one in patterns)
+            rules.extend(_upload(one, url, target, condition, self._reference()) for one in patterns)
         return rules
 
     def log_files(self, task_key: str, expiry: dt.datetime) -> list[models.OutputFile]:
         """stdout.txt/stderr.txt to blob whatever the outcome: autoscale may take the node (and its
         task files) away before a failed task's logs are fetched, the blob copy outlives it."""
-        return [_upload(f"../{name}", f"{self.container_url}?{self._sas('cw', expiry, log_blob(task_key, name))}",
-                        log_blob(task_key, name), "taskcompletion") for name in LOG_FILES]
+        return [_upload(f"../{name}", self._write_url(expiry, log_blob(task_key, name)), log_blob(task_key, name),
+                        "taskcompletion", self._reference()) for name in LOG_FILES]
 
     # ----------------------------------------------------------------- down
     def download_log(self, task_key: str, name: str, target: Path) -> bool:
@@ -412,11 +430,21 @@ def sas_lifetime(wall_clock: dt.timedelta | None, retries: int, allowance: dt.ti
     return allowance + wall_clock * (1 + retries)
 
 
-def _upload(pattern: str, container_url: str, path: str, condition: str) -> models.OutputFile:
+def _manifest_line(file: models.ResourceFile) -> str:
+    """`url<TAB>path<TAB>mode[<TAB>identity]` for fetch_inputs.py: the identity (an ARM id) when
+    the URL has no SAS and the node's managed identity reads it."""
+    fields = [file.http_url, file.file_path, file.file_mode or ""]
+    if file.identity_reference is not None:
+        fields.append(file.identity_reference.resource_id)
+    return "\t".join(fields) + "\n"
+
+
+def _upload(pattern: str, container_url: str, path: str, condition: str,
+            identity: models.BatchNodeIdentityReference | None = None) -> models.OutputFile:
     return models.OutputFile(
         file_pattern=pattern,
         destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
-            container_url=container_url, path=path)),
+            container_url=container_url, path=path, identity_reference=identity)),
         upload_options=models.OutputFileUploadConfiguration(upload_condition=condition),
     )
 
@@ -520,7 +548,8 @@ def under(directory: str, files: Iterable[models.ResourceFile]) -> list[models.R
     """The same resource files with their paths under `directory`: an MPI task's
     commonResourceFiles, which Batch downloads on every node into the task's root directory
     (AZ_BATCH_TASK_SHARED_DIR), beside stdout.txt and the working directory."""
-    return [models.ResourceFile(http_url=f.http_url, file_path=f"{directory}/{f.file_path}", file_mode=f.file_mode)
+    return [models.ResourceFile(http_url=f.http_url, file_path=f"{directory}/{f.file_path}", file_mode=f.file_mode,
+                                identity_reference=f.identity_reference)
             for f in files]
 
 

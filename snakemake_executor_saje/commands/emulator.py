@@ -116,6 +116,8 @@ def client_environment(emulator) -> dict[str, str]:
     if emulator.azurite is not None:
         env["AZURE_STORAGE_CONNECTION_STRING"] = emulator.azurite.connection_string
         env["AZURITE_CONNECTION_STRING"] = emulator.azurite.connection_string
+    if emulator.config.ca_bundle:  # --tls: the SDKs trust the emulator's certificate (and the machine's CAs)
+        env["REQUESTS_CA_BUNDLE"] = env["SSL_CERT_FILE"] = str(emulator.config.ca_bundle)
     return env
 
 

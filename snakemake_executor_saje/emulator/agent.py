@@ -31,7 +31,8 @@ from typing import Any
 
 from azure.storage.blob import BlobServiceClient
 
-from . import blobio, containers, mounts, processes, ssh_shim
+from . import blobio, containers, imds, mounts, processes, ssh_shim
+from .auth import TokenIssuer
 from .datadir import PRIVATE_UMASK, make_private_dir
 from .layout import NodeLayout
 from .model import Job, Node, Task
@@ -107,8 +108,10 @@ def user_identity(identity: dict[str, Any] | None, *, start_task: bool = False) 
 
 
 class NodeAgent:
-    def __init__(self, state: BatchState):
+    def __init__(self, state: BatchState, issuer: TokenIssuer | None = None):
         self.state = state
+        self.issuer = issuer or TokenIssuer()  # signs the tokens of the nodes' identity endpoints
+        self._endpoints: dict[str, imds.NodeEndpoint] = {}  # node address -> its identity endpoint
         self.config = state.config
         self.data_dir = Path(self.config.data_dir)
         self.bin_dir = self.data_dir / "sys" / "bin"
@@ -118,9 +121,9 @@ class NodeAgent:
         self._containers: dict[str, list[str]] = {}  # process key -> names of its containers
         self.engine = containers.Engine(containers.Engine.instance_for(self.data_dir))
         self.engine.remove_all()  # what an earlier emulator on this data dir left (a crash)
-        storage = self.config.auto_storage_connection_string
-        self.shares = mounts.FileShares(self.data_dir, blob_service=(
-            lambda: BlobServiceClient.from_connection_string(storage)) if storage else None)
+        storage, trust = self.config.auto_storage_connection_string, self.config.ca_bundle
+        self.shares = mounts.FileShares(self.data_dir, blob_service=(lambda: BlobServiceClient.from_connection_string(
+            storage, **({"connection_verify": str(trust)} if trust else {}))) if storage else None)
         self._install_lock = threading.Lock()
         self._killed: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -131,6 +134,8 @@ class NodeAgent:
     # ----------------------------------------------------------------- nodes
     def register_node(self, node: Node) -> None:
         NodeLayout(Path(node.root)).create()
+        if self._identities(node) and node.address not in self._endpoints:
+            self._endpoints[node.address] = imds.NodeEndpoint(node.address, self.issuer, lambda: self._identities(node))
         record = {"node_id": node.id, "pool_id": node.pool_id, "root": node.root, "hostname": self.hostname(node)}
         image_env = self.image_environment(node)
         if image_env:  # ssh sessions into the node see the image too (PATH comes from the caller)
@@ -149,6 +154,9 @@ class NodeAgent:
     def forget_node(self, node: Node) -> None:
         """The node left its pool: its processes end (as its VM goes) and its files go.
         In the background: the caller holds the state lock, and ending takes a grace period."""
+        endpoint = self._endpoints.pop(node.address, None)
+        if endpoint is not None:
+            endpoint.close()
         ssh_shim.unregister_host(self.data_dir, node.address)
 
         def release() -> None:
@@ -168,6 +176,9 @@ class NodeAgent:
             self._kill_key(key, "shutdown")
         self.engine.remove_all()
         processes.end_under(self.data_dir / "nodes", KILL_GRACE_SECONDS)
+        for endpoint in list(self._endpoints.values()):
+            endpoint.close()
+        self._endpoints.clear()
 
     def _thread(self, target, *args, name: str) -> threading.Thread:
         """A daemon thread for node work that ends quietly when the emulator stops under it."""
@@ -224,6 +235,19 @@ class NodeAgent:
             "AZ_BATCH_NODE_MOUNTS_DIR": str(layout.mounts),
             "AZ_BATCH_CERTIFICATES_DIR": str(layout.startup / "certs"),
         })
+        env.update(self.node_services(node))
+        return env
+
+    def node_services(self, node: Node) -> dict[str, str]:
+        """What a node's processes (its containers too) need of the emulated Azure around them: the
+        node's identity endpoint (IMDS, on the node's own address: see imds.py) and, with HTTPS, the
+        certificates that make the emulated endpoints trusted as Azure's are on a real node."""
+        env = {}
+        endpoint = self._endpoints.get(node.address)
+        if endpoint is not None:
+            env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = endpoint.authority
+        if self.config.ca_bundle:
+            env.update(dict.fromkeys(("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"), str(self.config.ca_bundle)))
         return env
 
     def task_environment(self, node: Node, job: Job | None, task_rest: dict[str, Any], task_dir: Path,
@@ -286,7 +310,8 @@ class NodeAgent:
             staging = directory.with_name(f".{directory.name}.partial")
             shutil.rmtree(staging, ignore_errors=True)
             try:
-                blobio.download_resource_files([{"httpUrl": package.url, "filePath": "package.zip"}], staging)
+                blobio.download_resource_files([{"httpUrl": package.url, "filePath": "package.zip"}], staging,
+                                               auto_storage=self.auto_storage(node))
                 unpack_zip(staging / "package.zip", staging)
                 (staging / "package.zip").unlink()
             except (blobio.ResourceFileError, OSError, zipfile.BadZipFile) as exc:
@@ -389,7 +414,10 @@ class NodeAgent:
             volumes += [containers.Mount(str(share), str(share)) for share in self.shares.shares_of(entries)]
         declared = [*((job.rest.get("commonEnvironmentSettings") or []) if job is not None else []),
                     *(rest.get("environmentSettings") or [])]
-        variables = sorted({k for k in env if k.startswith("AZ_BATCH_")} | {d["name"] for d in declared})
+        services = self.node_services(node)
+        variables = sorted({k for k in env if k.startswith("AZ_BATCH_")} | {d["name"] for d in declared} | set(services))
+        if self.config.ca_bundle:
+            volumes.append(containers.Mount(str(self.config.ca_bundle), str(self.config.ca_bundle), True))
         workdir = env["AZ_BATCH_TASK_WORKING_DIR"] if (settings.get("workingDirectory") or "taskWorkingDirectory").lower() \
             == "taskworkingdirectory" else None
         return containers.ContainerSpec(
@@ -494,7 +522,7 @@ class NodeAgent:
             failure, exit_code = None, None
             try:
                 blobio.download_resource_files(start.get("resourceFiles") or [], layout.startup / "wd",
-                                               auto_storage=self.auto_storage())
+                                               auto_storage=self.auto_storage(node))
                 env.update(self.package_environment(node))
                 if self.state.faults.take_start_task_failure():
                     exit_code = 1
@@ -534,9 +562,17 @@ class NodeAgent:
             self.state.save_node(node)
             self.state.notify()
 
-    def auto_storage(self) -> "blobio.AutoStorage | None":
-        cs = self.config.auto_storage_connection_string
-        return blobio.AutoStorage(connection_string=cs) if cs else None
+    def auto_storage(self, node: Node) -> "blobio.AutoStorage":
+        """The node's storage access: the account's linked storage, the node's pool identities (for
+        identityReference), the certificates the node trusts."""
+        return blobio.AutoStorage(connection_string=self.config.auto_storage_connection_string,
+                                  identity=lambda resource_id: imds.NodeCredential(
+                                      self.issuer, self._identities(node), resource_id),
+                                  ca_bundle=str(self.config.ca_bundle) if self.config.ca_bundle else None)
+
+    def _identities(self, node: Node) -> list[imds.Identity]:
+        with self.state.lock:
+            return imds.identities_of(getattr(self.state.pools.get(node.pool_id), "rest", None))
 
     # ----------------------------------------------------------------- tasks
     def run_task(self, task: Task, nodes: list[Node], attempt: int) -> None:
@@ -568,7 +604,7 @@ class NodeAgent:
         started = self.state.clock.iso_now()
         exit_code, failure = None, None
         try:
-            blobio.download_resource_files(prep.get("resourceFiles") or [], task_dir / "wd", auto_storage=self.auto_storage())
+            blobio.download_resource_files(prep.get("resourceFiles") or [], task_dir / "wd", auto_storage=self.auto_storage(node))
             proc = self._spawn(key, prep["commandLine"], env, task_dir / "wd", task_dir,
                                container=self._container(node, job, prep, env, task_dir, key=key, needs_settings=False))
             exit_code = self._wait(key, proc, None)
@@ -607,7 +643,7 @@ class NodeAgent:
             started, exit_code, failure = self.state.clock.iso_now(), None, None
             try:
                 blobio.download_resource_files(release.get("resourceFiles") or [], task_dir / "wd",
-                                               auto_storage=self.auto_storage())
+                                               auto_storage=self.auto_storage(node))
                 env = self.task_environment(node, job, release, task_dir)
                 proc = self._spawn(key, release["commandLine"], env, task_dir / "wd", task_dir, container=self._container(
                     node, job, release, env, task_dir, key=key, needs_settings=False))
@@ -659,7 +695,7 @@ class NodeAgent:
         env = self.task_environment(node, job, rest, task_dir)
         exit_code, failure = None, None
         try:
-            blobio.download_resource_files(rest.get("resourceFiles") or [], wd, auto_storage=self.auto_storage())
+            blobio.download_resource_files(rest.get("resourceFiles") or [], wd, auto_storage=self.auto_storage(node))
             env.update(self.package_environment(node, rest.get("applicationPackageReferences")))
             container = self._container(node, job, rest, env, task_dir, key=task.key)
             if not self.state.mark_running(task, attempt):
@@ -680,7 +716,7 @@ class NodeAgent:
         if self._forget(task.key):
             return  # killed on purpose: whoever killed it already recorded the outcome
         self._sync_mounts(node)
-        failure = self._upload_outputs(rest, wd, task_dir, exit_code, failure)
+        failure = self._upload_outputs(node, rest, wd, task_dir, exit_code, failure)
         self._report(task, attempt, exit_code, failure, node)
 
     def _sync_mounts(self, node: Node) -> None:
@@ -692,7 +728,7 @@ class NodeAgent:
         except Exception as exc:  # noqa: BLE001 - blobfuse's failed uploads are not the task's failure either
             log.warning("blob mount upload on node %s failed: %s", node.id, exc)
 
-    def _upload_outputs(self, rest: dict[str, Any], wd: Path, task_dir: Path, exit_code: int | None,
+    def _upload_outputs(self, node: Node, rest: dict[str, Any], wd: Path, task_dir: Path, exit_code: int | None,
                         failure: Failure | None) -> Failure | None:
         outputs = rest.get("outputFiles") or []
         if not outputs:
@@ -700,7 +736,8 @@ class NodeAgent:
         failed = failure is not None or exit_code not in (0, None)
         if self.state.faults.upload_delay_seconds:
             time.sleep(self.state.faults.upload_delay_seconds)
-        problems = blobio.upload_output_files(outputs, wd, task_dir, exit_code=exit_code, failed=failed)
+        problems = blobio.upload_output_files(outputs, wd, task_dir, exit_code=exit_code, failed=failed,
+                                              auto_storage=self.auto_storage(node))
         if problems and failure is None:
             first = problems[0]
             return Failure("usererror", first.get("code", "FileUploadError"), first.get("message", "An output file upload failed"))
@@ -752,9 +789,9 @@ class NodeAgent:
             try:
                 if not self._prepare_job(job, node):
                     raise blobio.ResourceFileError("JobPreparationTaskFailed", "The job preparation task failed on a node of the task")
-                blobio.download_resource_files(settings.get("commonResourceFiles") or [], task_dir, auto_storage=self.auto_storage())
+                blobio.download_resource_files(settings.get("commonResourceFiles") or [], task_dir, auto_storage=self.auto_storage(node))
                 if index == 0:
-                    blobio.download_resource_files(rest.get("resourceFiles") or [], task_dir / "wd", auto_storage=self.auto_storage())
+                    blobio.download_resource_files(rest.get("resourceFiles") or [], task_dir / "wd", auto_storage=self.auto_storage(node))
                 packages[index] = self.package_environment(node, rest.get("applicationPackageReferences"))
             except blobio.ResourceFileError as exc:
                 failure = Failure(exc.category, exc.code, exc.message)
@@ -815,7 +852,7 @@ class NodeAgent:
         task_dir = primary.layout.task_dir(job.id, task.id)
         for node in nodes:
             self._sync_mounts(node)
-        failure = self._upload_outputs(rest, task_dir / "wd", task_dir, exit_code, failure)
+        failure = self._upload_outputs(primary, rest, task_dir / "wd", task_dir, exit_code, failure)
         subtask_results = []
         for index in range(1, len(nodes)):
             result = results[index] or {}

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import secrets
 import time
 import uuid
@@ -241,12 +242,14 @@ class TokenIssuer:
         der = self._key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         return _b64url(hashlib.sha1(der).digest())
 
-    def issue(self, audience: str, subject: str, expires_in: int = 3600, *, now: float | None = None) -> str:
-        """Mint an access token for `audience` (the resource, as Entra echoes it) and `subject`."""
+    def issue(self, audience: str, subject: str, expires_in: int = 3600, *, now: float | None = None,
+              extra: dict[str, Any] | None = None) -> str:
+        """Mint an access token for `audience` (the resource, as Entra echoes it) and `subject`, with
+        `extra` claims (a managed identity's appid and xms_mirid)."""
         issued = int(now if now is not None else time.time())
         oid = subject if _is_uuid(subject) else str(uuid.uuid5(uuid.NAMESPACE_URL, subject))
         claims = {"aud": audience, "iss": self.issuer, "sub": subject, "oid": oid, "tid": self.tenant_id,
-                  "iat": issued, "nbf": issued, "exp": issued + int(expires_in), "ver": "1.0"}
+                  "iat": issued, "nbf": issued, "exp": issued + int(expires_in), "ver": "1.0", **(extra or {})}
         header = {"alg": "RS256", "typ": "JWT", "kid": self.key_id, "x5t": self.key_id}
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
         signature = self._key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
@@ -397,6 +400,26 @@ def token_endpoint_env(base_url: str, identity_header: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- TLS
+
+def ca_bundle(cert: Path, target: Path) -> Path:
+    """A CA bundle with the machine's trusted certificates and `cert` (what the emulator serves), so
+    that one file trusts both the emulated endpoints and the real ones (PyPI, Debian mirrors)."""
+    import ssl
+
+    paths = ssl.get_default_verify_paths()
+    system = next((Path(p) for p in (paths.cafile, os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt")
+                   if p and Path(p).is_file()), None)
+    if system is None:
+        try:
+            import certifi
+
+            system = Path(certifi.where())
+        except ImportError:
+            system = None
+    parts = [system.read_text()] if system is not None else []
+    target.write_text("".join([*parts, "\n", cert.read_text()]))
+    return target
+
 
 def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -89,6 +90,8 @@ class Azurite:
         startup_timeout: float = 60.0,
         stop_timeout: float = 10.0,
         debug_log: Path | str | None = None,
+        cert: Path | str | None = None,
+        key: Path | str | None = None,
     ) -> None:
         self.location = Path(location) if location is not None else None
         self.host = host
@@ -96,6 +99,10 @@ class Azurite:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.debug_log = Path(debug_log) if debug_log is not None else None
+        # HTTPS with this certificate and key, and Entra bearer tokens (``--oauth basic``: Azurite
+        # checks a token's issuer, audience and lifetime, not its signature; bearer needs HTTPS).
+        self.cert = Path(cert) if cert is not None else None
+        self.key = Path(key) if key is not None else None
         self.account_name = ACCOUNT_NAME
         self.account_key = ACCOUNT_KEY
         self.requested_port = port
@@ -112,15 +119,24 @@ class Azurite:
         return self._proc.pid if self._proc else None
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.cert is not None else "http"
+
+    @property
     def blob_endpoint(self) -> str:
         if self.port is None:
             raise AzuriteError("Azurite is not running")
-        return f"http://{self.host}:{self.port}/{ACCOUNT_NAME}"
+        return f"{self.scheme}://{self.host}:{self.port}/{ACCOUNT_NAME}"
+
+    @property
+    def client_options(self) -> dict[str, str]:
+        """What an Azure SDK client needs to trust this Azurite (its certificate when HTTPS)."""
+        return {"connection_verify": str(self.cert)} if self.cert is not None else {}
 
     @property
     def connection_string(self) -> str:
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};"
+            f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT_NAME};"
             f"AccountKey={ACCOUNT_KEY};BlobEndpoint={self.blob_endpoint};"
         )
 
@@ -134,6 +150,8 @@ class Azurite:
             argv += ["--location", str(self.location)]
         if self.debug_log is not None:
             argv += ["--debug", str(self.debug_log)]
+        if self.cert is not None:
+            argv += ["--cert", str(self.cert), "--key", str(self.key), "--oauth", "basic"]
         return argv
 
     def start(self) -> "Azurite":
@@ -217,11 +235,15 @@ class Azurite:
         """Poll until any HTTP answer arrives: a 4xx still proves the service is up."""
         deadline = time.monotonic() + self.startup_timeout
         url = f"{self.blob_endpoint}?comp=list"
+        opener = _DIRECT
+        if self.cert is not None:
+            context = ssl.create_default_context(cafile=str(self.cert))
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
         while True:
             if self._proc is None or self._proc.poll() is not None:
                 raise self._failure("exited during startup")
             try:
-                with _DIRECT.open(url, timeout=2):
+                with opener.open(url, timeout=2):
                     return
             except urllib.error.HTTPError:
                 return

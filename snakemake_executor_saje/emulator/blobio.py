@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from azure.core.exceptions import (
@@ -78,14 +78,18 @@ _ENV_REF = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _SINGLE_PUT_LIMIT = 256 * 1024 * 1024  # keep uploadHeaders on one Put Blob for all but huge files
 
 
-def _client_options() -> dict[str, Any]:
-    """The SDK's own retry policy, with backoffs sized for a node rather than a 15 s default."""
-    return {
+def _client_options(auto_storage: "AutoStorage | None" = None) -> dict[str, Any]:
+    """The SDK's own retry policy, with backoffs sized for a node rather than a 15 s default; the
+    certificates a node trusts (an HTTPS emulator's Azurite)."""
+    options: dict[str, Any] = {
         "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3, random_jitter_range=1),
         "connection_timeout": 20,
         "read_timeout": 120,
         "max_single_put_size": _SINGLE_PUT_LIMIT,
     }
+    if auto_storage is not None and auto_storage.ca_bundle:
+        options["connection_verify"] = auto_storage.ca_bundle
+    return options
 
 
 # -- failures ----------------------------------------------------------------------------
@@ -170,20 +174,27 @@ class AutoStorage:
     connection_string: str | None = field(default=None, repr=False)
     account_url: str | None = None
     credential: Any = field(default=None, repr=False)
+    # The node's pool identities: resource id -> TokenCredential (imds.NodeCredential).
+    identity: Callable[[str], Any] | None = field(default=None, repr=False)
+    ca_bundle: str | None = None
 
     def container(self, name: str) -> ContainerClient:
         if self.connection_string:
-            return ContainerClient.from_connection_string(self.connection_string, name, **_client_options())
+            return ContainerClient.from_connection_string(self.connection_string, name, **_client_options(self))
         if self.account_url:
-            return ContainerClient(self.account_url, name, credential=self.credential, **_client_options())
+            return ContainerClient(self.account_url, name, credential=self.credential, **_client_options(self))
         raise ValueError("AutoStorage needs a connection_string or an account_url")
 
 
 def _identity(spec: Mapping[str, Any], auto_storage: AutoStorage | None) -> Any:
-    """Credential for an ``identityReference``: the linked storage credential, if any."""
-    if spec.get("identityReference") and auto_storage is not None:
-        return auto_storage.credential
-    return None
+    """Credential for an ``identityReference``: the node's pool identity it names (a token from its
+    identity endpoint), else the linked storage credential, if any."""
+    reference = spec.get("identityReference")
+    if not reference or auto_storage is None:
+        return None
+    if auto_storage.identity is not None:
+        return auto_storage.identity(str(reference.get("resourceId") or ""))
+    return auto_storage.credential
 
 
 # -- resource files ----------------------------------------------------------------------
@@ -209,7 +220,7 @@ def _download_one(spec: Mapping[str, Any], working_dir: Path, auto_storage: Auto
         if not file_path:
             raise ResourceFileError("ResourceFileCreateFailed", "filePath is required with httpUrl.")
         target = _inside(working_dir, file_path)
-        _fetch_url(spec["httpUrl"], target, _identity(spec, auto_storage))
+        _fetch_url(spec["httpUrl"], target, _identity(spec, auto_storage), auto_storage)
         _chmod(target, mode)
         return
     container, source = _source_container(spec, auto_storage)
@@ -224,7 +235,8 @@ def _source_container(spec: Mapping[str, Any], auto_storage: AutoStorage | None)
     """The container a storageContainerUrl / autoStorageContainerName names, and a SAS-free label."""
     if spec.get("storageContainerUrl"):
         url = spec["storageContainerUrl"]
-        client = ContainerClient.from_container_url(url, credential=_identity(spec, auto_storage), **_client_options())
+        client = ContainerClient.from_container_url(url, credential=_identity(spec, auto_storage),
+                                                    **_client_options(auto_storage))
         return client, redact(url)
     name = spec.get("autoStorageContainerName")
     if not name:
@@ -257,9 +269,9 @@ def _is_blob_url(url: str) -> bool:
     return ".blob." in host or "sig" in parse_qs(parts.query) or (len(segments) >= 3 and segments[0] == "devstoreaccount1")
 
 
-def _fetch_url(url: str, target: Path, credential: Any) -> None:
+def _fetch_url(url: str, target: Path, credential: Any, auto_storage: AutoStorage | None = None) -> None:
     if _is_blob_url(url):
-        blob = BlobClient.from_blob_url(url, credential=credential, **_client_options())
+        blob = BlobClient.from_blob_url(url, credential=credential, **_client_options(auto_storage))
         _save_blob(blob, target, redact(url))
         return
     try:
@@ -406,7 +418,7 @@ def _upload_one(
         _log(task_dir, UPLOAD_OUT_LOG, f"no file matched {pattern!r}")
         return
     container = ContainerClient.from_container_url(
-        container_url, credential=_identity(target, auto_storage), **_client_options()
+        container_url, credential=_identity(target, auto_storage), **_client_options(auto_storage)
     )
     for path, relative in matches:
         if has_wildcard:

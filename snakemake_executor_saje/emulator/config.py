@@ -53,6 +53,9 @@ class EmulatorConfig:
     vm_size_catalogue: Path | None = None
     # Addresses are handed out from 127.<subnet>.x.y so concurrent emulators do not collide.
     address_subnet: int | None = None
+    # With tls: the machine's CA certificates and the emulator's own, which the node agent and the
+    # nodes' tasks trust (as Azure nodes trust the certificates of Azure's endpoints).
+    ca_bundle: Path | None = None
 
     @property
     def core_quotas(self) -> quotas.CoreQuotas:

@@ -86,11 +86,13 @@ def parse(entry: Mapping[str, Any]) -> Mount:
     return Mount(KINDS[key], relative, str(config.get("source") or ""))
 
 
-def validate(entries: Sequence[Mapping[str, Any]]) -> None:
+def validate(entries: Sequence[Mapping[str, Any]], identities: Sequence[str] = ()) -> None:
     """What the service refuses in a pool's mountConfiguration (400 InvalidPropertyValue: the code is
     assumed; the limit of 10 is documented). Two file systems at one relativeMountPath are accepted:
     the REST spec's example Pools_CreatePool_MountConfiguration (201) has an NFS and a CIFS share at
-    "mountpath"; the node's mount fails instead (see FileShares.mount_all)."""
+    "mountpath"; the node's mount fails instead (see FileShares.mount_all).
+    Also refused: a blob container mounted with an identity the pool does not have ("ensure
+    that the identity has been assigned to the pool", the code assumed)."""
     if len(entries) > MAX_MOUNTS:
         raise errors.invalid_property("mountConfiguration", len(entries), f"A pool can mount at most {MAX_MOUNTS} file systems.")
     for index, entry in enumerate(entries):
@@ -98,6 +100,10 @@ def validate(entries: Sequence[Mapping[str, Any]]) -> None:
             parse(entry)
         except ValueError as exc:
             raise errors.invalid_property(f"mountConfiguration[{index}]", "set", str(exc)) from None
+        reference = ((entry.get("azureBlobFileSystemConfiguration") or {}).get("identityReference") or {}).get("resourceId")
+        if reference and reference.lower() not in {i.lower() for i in identities}:
+            raise errors.invalid_property(f"mountConfiguration[{index}].azureBlobFileSystemConfiguration.identityReference",
+                                          reference, "The identity is not one of the pool's user-assigned identities.")
 
 
 class FileShares:

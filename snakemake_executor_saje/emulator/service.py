@@ -71,17 +71,20 @@ class Emulator:
             self.issuer = auth.TokenIssuer.from_saved(saved.token_issuer)
             self.identity_header = saved.identity_header or self.identity_header
             saved.token_issuer, saved.identity_header = self.issuer.to_saved(), self.identity_header
-            if self.with_azurite:
-                from .azurite import Azurite
-
-                self.azurite = Azurite(location=cfg.data_dir / "azurite", port=saved.azurite_port or 0).start()
-                cfg.auto_storage_connection_string = self.azurite.connection_string
-                saved.azurite_port = self.azurite.port
             certfile = keyfile = None
             if cfg.tls:
                 cert, key = auth.self_signed_cert(cfg.data_dir / "tls")
                 certfile, keyfile = str(cert), str(key)
                 self.cert_path = cert
+                cfg.ca_bundle = auth.ca_bundle(cert, cfg.data_dir / "tls" / "ca-bundle.pem")
+            if self.with_azurite:
+                from .azurite import Azurite
+
+                # An HTTPS emulator has an HTTPS Azurite that takes Entra tokens (nodes' managed identities).
+                self.azurite = Azurite(location=cfg.data_dir / "azurite", port=saved.azurite_port or 0,
+                                       cert=certfile, key=keyfile).start()
+                cfg.auto_storage_connection_string = self.azurite.connection_string
+                saved.azurite_port = self.azurite.port
             # Bind first so the account URL (with the real port) is known to the state.
             placeholder = BatchApi.__new__(BatchApi)
             frontend = Frontend(placeholder, accounts={cfg.account_name: cfg.account_key}, issuer=self.issuer,
@@ -97,7 +100,7 @@ class Emulator:
             self.frontend = frontend
             frontend.on_outage = self.outage
             self._mount_arm(frontend)
-            self._agent = NodeAgent(self.state)
+            self._agent = NodeAgent(self.state, self.issuer)
             self._scheduler = Scheduler(self.state, self._agent)
             self._scheduler.start()
             self._http.start()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import catalogue
-from . import errors, mounts, schema
+from . import errors, imds, mounts, schema
 from .clock import ServiceClock
 from .config import EmulatorConfig
 from .errors import BatchError
@@ -281,7 +281,9 @@ class BatchState:
         return "/".join([self.account_url, *parts])
 
     # ----------------------------------------------------------------- pools
-    def add_pool(self, body: dict[str, Any]) -> Pool:
+    def add_pool(self, body: dict[str, Any], *, identities: list[str] | None = None) -> Pool:
+        """A new pool. ``identities``: its user-assigned managed identities (ARM ids), which only a
+        pool created through ARM can have (the data plane's BatchPool.identity is read-only)."""
         pool_id = check_id(body.get("id"))
         _require(body, "vmSize")
         size = self.vm_size(body["vmSize"])
@@ -298,7 +300,7 @@ class BatchState:
             )
         if body.get("startTask"):
             _require(body["startTask"], "commandLine")
-        mounts.validate(body.get("mountConfiguration") or [])
+        mounts.validate(body.get("mountConfiguration") or [], identities or [])
         self.check_application_packages(body.get("applicationPackageReferences") or [])
         with self.lock:
             existing = self.pools.get(pool_id)
@@ -318,6 +320,8 @@ class BatchState:
                 "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "spread"},
                 "resizeTimeout": body.get("resizeTimeout", "PT15M"),
             })
+            if identities:
+                rest["identity"] = imds.pool_identity(identities)
             if rest["enableAutoScale"]:
                 rest.setdefault("autoScaleEvaluationInterval", "PT15M")
                 rest.pop("targetDedicatedNodes", None)

@@ -48,6 +48,19 @@ def executor_emulator(emulator_data_dir: Path) -> Iterator[Emulator]:
         emu.stop()
 
 
+@pytest.fixture(scope="session")
+def arm_emulator(emulator_data_dir: Path) -> Iterator[Emulator]:
+    """The emulator over HTTPS (bearer tokens: ARM, the nodes' managed identities) with an HTTPS
+    Azurite that takes Entra tokens as the accounts' auto-storage: one for the session, shared by
+    the ARM, application-package and identity tests."""
+    emu = Emulator(emulator_data_dir / "arm", tls=True, with_azurite=True, **FAST)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
 @pytest.fixture
 def saje_env(executor_emulator: Emulator) -> dict[str, str]:
     """The environment `saje emulator run` gives the command it runs."""

@@ -3,16 +3,12 @@ managed-identity endpoint, HTTPS with its certificate, ARM long-running operatio
 """
 from __future__ import annotations
 
-import tempfile
 import uuid
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from snakemake_executor_saje.emulator import Emulator
-from tests.conftest import FAST
 
 
 pytestmark = pytest.mark.e2e
@@ -29,17 +25,6 @@ def _azurite_available() -> bool:
         return bool(find_azurite())
     except Exception:
         return False
-
-
-@pytest.fixture(scope="module")
-def arm_emulator() -> Iterator[Emulator]:
-    with tempfile.TemporaryDirectory(prefix="saje-arm-") as tmp:
-        emu = Emulator(Path(tmp), tls=True, with_azurite=_azurite_available(), **FAST)
-        emu.start()
-        try:
-            yield emu
-        finally:
-            emu.stop()
 
 
 @pytest.fixture
@@ -161,7 +146,8 @@ def test_storage_account_lro_keys_containers_and_names(clients, arm_emulator: Em
     if arm_emulator.azurite is not None:
         from azure.storage.blob import BlobServiceClient
 
-        blob = BlobServiceClient.from_connection_string(arm_emulator.azurite.connection_string)
+        blob = BlobServiceClient.from_connection_string(arm_emulator.azurite.connection_string,
+                                                      **arm_emulator.azurite.client_options)
         assert blob.get_container_client("snakemake").exists()
     clients.storage.blob_containers.delete(rg, name, "snakemake")
     with pytest.raises(ResourceNotFoundError):

@@ -8,26 +8,17 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError
 
-from snakemake_executor_saje.emulator import Emulator
-from tests.conftest import FAST, make_pool, wait_for
+from tests.conftest import make_pool, wait_for
 from tests.e2e.conftest import VENV_BIN, run_snakemake, write_workflow
 from tests.e2e.test_arm_setup import SUB, _group, _name, _register_batch, _storage, clients, credential  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 SAJE = str(VENV_BIN / "saje")
-
-
-@pytest.fixture(scope="module")
-def arm_emulator(tmp_path_factory) -> Iterator[Emulator]:
-    """HTTPS (bearer tokens for ARM), Azurite as the accounts' auto-storage, the tests' short clocks."""
-    with Emulator(tmp_path_factory.mktemp("arm-eco"), tls=True, with_azurite=True, **FAST) as emu:
-        yield emu
 
 
 def _account(clients, mode: str) -> tuple[str, str]:

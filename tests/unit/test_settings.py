@@ -67,8 +67,12 @@ def _sample(f, tmp_path):
         script.write_text("echo hi\n")
         return str(script), script
     assert base is str, f"no sample for {f.name}: {f.type}"
-    if f.name == "mounts":  # a value SAJE parses: an entry it can mount
-        return "data=nfs://10.0.0.4/exports/data", "data=nfs://10.0.0.4/exports/data"
+    parsed = {  # values SAJE parses: an entry it can mount, an identity's ARM id
+        "mounts": "data=nfs://10.0.0.4/exports/data",
+        "node_identity": "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/n",
+    }
+    if f.name in parsed:
+        return parsed[f.name], parsed[f.name]
     return f"sample-{f.name}", f"sample-{f.name}"
 
 

@@ -189,7 +189,7 @@ class ApplicationProvider:
             return None
         from azure.storage.blob import BlobServiceClient
 
-        service = BlobServiceClient.from_connection_string(azurite.connection_string)
+        service = BlobServiceClient.from_connection_string(azurite.connection_string, **azurite.client_options)
         container = service.get_container_client(record["_container"])
         if not container.exists():
             container.create_container()

@@ -13,6 +13,8 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ...armpools import is_user_assigned_identity
+from .. import imds
 from ..errors import BatchError
 from ..wire import Response
 from .applications import ApplicationProvider
@@ -231,6 +233,10 @@ class BatchProvider:
             return None
         view = public(record)
         view["etag"] = f'W/"{pool.rest.get("eTag")}"'  # ARM quotes the data plane's bare tag
+        identities = imds.identities_of(pool.rest)
+        view["identity"] = {"type": "UserAssigned", "userAssignedIdentities": {
+            i.resource_id: {"principalId": i.principal_id, "clientId": i.client_id} for i in identities}} \
+            if identities else {"type": "None"}
         view["properties"] = to_arm_pool(pool.rest)
         return view
 
@@ -268,6 +274,7 @@ class BatchProvider:
             raise ArmError(400, "InvalidResourceName", f"Pool name '{name}' is invalid: up to 64 letters, digits, "
                            "hyphens and underscores.", target="poolName")
         props = ctx.body().get("properties") or {}
+        identities = _identities(ctx.body().get("identity"))
         if record is not None and pool is not None:
             if ctx.request.headers.get("if-none-match") == "*":
                 raise ArmError(409, "PoolAlreadyExists", "The specified pool already exists.")
@@ -275,7 +282,7 @@ class BatchProvider:
         else:
             if ctx.method == "PATCH":
                 raise ArmError(404, "PoolNotFound", "The specified pool does not exist.")
-            self._call(lambda: self.arm.state.add_pool(to_batch_pool(name, props)))
+            self._call(lambda: self.arm.state.add_pool(to_batch_pool(name, props), identities=identities))
             record = {"id": rid, "name": name, "type": POOL_TYPE}
             self.arm.resources.put(record)
         return json_response(200, self._pool_view(record))
@@ -333,6 +340,30 @@ class BatchProvider:
             raise ArmError(exc.status, exc.code, exc.message + (f" ({detail})" if detail else "")) from None
 
 
+def _identities(identity: dict[str, Any] | None) -> list[str]:
+    """The user-assigned identities of an ARM pool body (BatchPoolIdentity: type UserAssigned or None,
+    userAssignedIdentities keyed by the identities' ARM ids); ArmError for a malformed one (the codes
+    are assumed: ARM's InvalidParameter)."""
+    if not identity:
+        return []
+    kind = str(identity.get("type") or "")
+    ids = list((identity.get("userAssignedIdentities") or {}).keys())
+    if kind.lower() == "none":
+        if ids:
+            raise ArmError(400, "InvalidParameter", "userAssignedIdentities must be empty when the identity type is None.",
+                           target="identity")
+        return []
+    if kind.lower() != "userassigned" or not ids:
+        raise ArmError(400, "InvalidParameter", "A pool's identity is of type UserAssigned, with its userAssignedIdentities,"
+                       " or None.", target="identity")
+    for rid in ids:
+        if not is_user_assigned_identity(rid):
+            raise ArmError(400, "InvalidParameter", f"'{rid}' is not the resource id of a user-assigned identity"
+                           " (/subscriptions/.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME).",
+                           target="identity.userAssignedIdentities")
+    return ids
+
+
 # --------------------------------------------------------------------------- ARM pool <-> data-plane pool
 def _lower_first(value: Any) -> Any:
     return value[:1].lower() + value[1:] if isinstance(value, str) and value else value
@@ -375,6 +406,10 @@ def to_batch_pool(name: str, props: dict[str, Any]) -> dict[str, Any]:
         config = {k: v for k, v in vmc.items() if k not in ("imageReference", "nodeAgentSkuId")}
         config["imageReference"] = image
         config["nodeAgentSKUId"] = vmc.get("nodeAgentSkuId")
+        if config.get("containerConfiguration"):  # ARM's DockerCompatible is the data plane's dockerCompatible
+            container = dict(config["containerConfiguration"])
+            container["type"] = _lower_first(container.get("type"))
+            config["containerConfiguration"] = container
         body["virtualMachineConfiguration"] = _lower_enums(config)
     scale = props.get("scaleSettings") or {}
     if scale.get("autoScale"):
@@ -422,6 +457,9 @@ def to_arm_pool(rest: dict[str, Any]) -> dict[str, Any]:
         if image.get("virtualMachineImageId"):
             image = {"id": image["virtualMachineImageId"]}
         config = {k: v for k, v in vmc.items() if k not in ("imageReference", "nodeAgentSKUId")}
+        if config.get("containerConfiguration"):
+            config["containerConfiguration"] = {**config["containerConfiguration"],
+                                                "type": _upper(config["containerConfiguration"].get("type"))}
         props["deploymentConfiguration"] = {"virtualMachineConfiguration": {
             "imageReference": image, "nodeAgentSkuId": vmc.get("nodeAgentSKUId"), **_upper_enums(config)}}
     if rest.get("enableAutoScale"):

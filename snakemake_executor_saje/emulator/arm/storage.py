@@ -253,7 +253,7 @@ class StorageProvider:
             return None
         from azure.storage.blob import BlobServiceClient
 
-        return BlobServiceClient.from_connection_string(azurite.connection_string)
+        return BlobServiceClient.from_connection_string(azurite.connection_string, **azurite.client_options)
 
     def _create_in_azurite(self, name: str) -> None:
         client = self._blob_service()
