@@ -21,7 +21,9 @@ from typing import Any, Sequence
 from azure.batch import BatchClient, models
 from azure.batch.models import CreateTasksError
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.rest import HttpRequest
 
+from .runrecord import ClockMap, seconds
 from .resilience import BatchRetryPolicy, Patience, describe_http_error, diagnose  # noqa: F401 (re-exported)
 
 
@@ -236,6 +238,14 @@ class BatchGateway:
 
         tasks = list(self.client.list_tasks(job_id, filter=flt, select=POLL_FIELDS, raw_response_hook=first_date))
         return CompletedTasks(tasks, _http_date(dates[0]) if dates else None)
+
+    def emulator_clock(self) -> ClockMap:
+        """SAJE's emulator only (GET /_saje/clock, on this host): its service clock, time scale
+        included, against this machine's. Azure's clock is read from a listing's Date header."""
+        answer = self.client.send_request(HttpRequest("GET", "/_saje/clock"))
+        answer.raise_for_status()
+        found = answer.json()
+        return ClockMap(seconds(found["now"]), float(found["hostTime"]), float(found["timeScale"]))
 
     def task_counts(self, job_id: str) -> models.BatchTaskCounts:
         """The job's tasks by state (active, running, completed, succeeded, failed): one call."""

@@ -29,6 +29,7 @@ from snakemake_interface_executor_plugins.utils import format_cli_arg
 
 from . import allocation, armpools, checkpoints, containers, credentials, leftovers, mapping, mpi, node_check, pools, runs, sources
 from .observer import RunObserver, peak_memory_mb
+from .runrecord import ClockMap
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .poolwatch import PoolWatch, StartTaskFailure
@@ -526,6 +527,7 @@ class Executor(RemoteExecutor):
                 self.polled_at.pop(job_id, None)
             else:
                 self.polled_at[job_id] = service_time
+        self._map_service_clock(polled)
         stuck = {**self._check_pools({info.aux["batch_job"] for info in active_jobs}), **lost}
         self.observer.observe(self.batch)
         finished = []
@@ -545,6 +547,22 @@ class Executor(RemoteExecutor):
             self._finish(info, outcome, missing.get(info.external_jobid, []))
             self.observer.finished(completed[info.external_jobid], log_dir=LOG_DIR / info.aux["batch_job"] / info.external_jobid,
                                    peak_memory_mb=peak_memory_mb(_products(info.job)[2]) if outcome.succeeded else None)
+
+    def _map_service_clock(self, polled: dict[str, dt.datetime | None]) -> None:
+        """Tell the run's record how Batch's clock maps onto ours: the emulator says it, time
+        scale included; Azure's is read from the poll's Date header (its skew from ours)."""
+        mapping = None
+        if self.emulated:
+            try:
+                mapping = self.batch.emulator_clock()
+            except (AzureError, KeyError, ValueError):
+                mapping = None
+        if mapping is None:
+            times = [t for t in polled.values() if t is not None]
+            if not times:
+                return
+            mapping = ClockMap(times[-1].timestamp(), time.time())
+        self.observer.service_clock(mapping)
 
     @property
     def _patience_minutes(self) -> float:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from . import prices, runrecord
 from .prices import PriceTable
-from .runrecord import NodeRecord, PoolRecord, RunRecord, Sample, TaskRecord, grouped, seconds
+from .runrecord import ClockMap, NodeRecord, PoolRecord, RunRecord, Sample, TaskRecord, grouped, seconds
 
 # Records are rewritten at most this often during the run (and always at its end), so that a
 # run killed half-way still leaves something to report; more often would cost too much at scale.
@@ -127,8 +127,21 @@ class RunObserver:
         self.hinted = False
         self.complained = False
         self.staging = None  # a staging.Staging, for the data-moved figures
+        self.clock_map = ClockMap(0.0, 0.0)  # until told otherwise: the service's clock is ours
 
     # ------------------------------------------------------------------ fed by the executor
+    def service_clock(self, mapping: ClockMap) -> None:
+        """How the service's clock maps onto this machine's (see ClockMap): Batch's timestamps
+        (allocation, state transitions, task start and end) are on its clock, the run's own moments
+        on this machine's. A skewed client, or a time-scaled emulator running hours ahead, must not
+        mix the two (a node would seem allocated after it was deleted, and bill negative hours)."""
+        self.clock_map = mapping
+
+    def _local(self, value: Any) -> float | None:
+        """A Batch timestamp on this machine's clock."""
+        moment = seconds(value)
+        return None if moment is None else self.clock_map.to_local(moment)
+
     def pool_added(self, pool_id: str, vm_size: str, *, spot: bool, batch_job: str, created: bool, mpi: bool) -> None:
         """A pool the run uses; its first use of a VM size (re)loads the prices, said once per source."""
         sizes = {p.vm_size.lower() for p in self.record.pools.values()}
@@ -175,7 +188,7 @@ class RunObserver:
         failure = info.failure_info if info else None
         result = str(getattr(info.result, "value", info.result) or "").lower() if info else ""
         record.outcome = "succeeded" if result == "success" and failure is None else "failed"
-        record.started, record.ended = seconds(info.start_time) if info else None, seconds(info.end_time) if info else None
+        record.started, record.ended = (self._local(info.start_time), self._local(info.end_time)) if info else (None, None)
         record.exit_code = info.exit_code if info else None
         record.failure_code = failure.code if failure else None
         record.retries, record.requeues = int(info.retry_count or 0) if info else 0, int(info.requeue_count or 0) if info else 0
@@ -227,15 +240,15 @@ class RunObserver:
             seen.add(key)
             rec = self.record.nodes.get(key)
             if rec is None:
-                allocated = seconds(node.allocation_time) or now
+                allocated = self._local(node.allocation_time) or now
                 rec = self.record.nodes[key] = NodeRecord(pool.pool_id, node.id, node.vm_size or pool.vm_size,
                                                           bool(node.is_dedicated), allocated, now, now)
             rec.last_seen = now
             if state != rec.state:
-                rec.states.append((seconds(node.state_transition_time) or now, state))
+                rec.states.append((self._local(node.state_transition_time) or now, state))
                 rec.state = state
             if state == "preempted" and rec.preempted_at is None:
-                rec.preempted_at = seconds(node.state_transition_time) or now
+                rec.preempted_at = self._local(node.state_transition_time) or now
             dedicated = bool(node.is_dedicated)
             states[dedicated][state] = states[dedicated].get(state, 0) + 1
         for key, rec in self.record.nodes.items():

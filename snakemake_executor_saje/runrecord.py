@@ -77,6 +77,19 @@ def seconds(value: Any) -> float | None:
 
 
 # ----------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class ClockMap:
+    """One moment read on the service's clock and on this machine's, and how many service seconds
+    pass per second here: 1 on Azure (then only the skew counts), an emulator's time scale."""
+
+    service: float
+    local: float
+    scale: float = 1.0
+
+    def to_local(self, moment: float) -> float:
+        return self.local + (moment - self.service) / self.scale
+
+
 @dataclass
 class TaskRecord:
     """One Batch task of the run (one Snakemake job attempt)."""
@@ -126,7 +139,7 @@ class NodeRecord:
         the pool, less the time it spent preempted or deallocated (Azure may restore a preempted
         Spot node within 48 hours; it is billed again from then)."""
         end = min(x for x in (self.ended, until) if x is not None)
-        cursor, billing, total = max(self.allocated, start), True, 0.0
+        cursor, billing, total = min(max(self.allocated, start), end), True, 0.0
         for moment, state in sorted(self.states):
             moment = min(max(moment, cursor), end)
             total += moment - cursor if billing else 0.0

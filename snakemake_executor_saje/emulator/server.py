@@ -144,6 +144,11 @@ class Frontend:
                 timer.daemon = True
                 timer.start()
                 return Response.empty(202)
+            if segments == ["clock"] and request.method == "GET":
+                # The service clock against the host's, read together: a client on this host maps
+                # the service's (time-scaled) timestamps onto its own clock with them.
+                return Response.json(200, {"timeScale": self.state.clock.scale, "now": self.state.clock.iso_now(),
+                                           "hostTime": time.time()})
             if segments == ["requests"] and request.method == "GET":
                 return Response.json(200, dict(self.request_counts))
             if segments == ["task-adds"] and request.method == "GET":

@@ -10,7 +10,7 @@ import pytest
 
 from snakemake_executor_saje import observer, prices, report, runrecord
 from snakemake_executor_saje.observer import PoolFacts, RunObserver, wait_reason
-from snakemake_executor_saje.runrecord import RunRecord
+from snakemake_executor_saje.runrecord import ClockMap, RunRecord
 
 T0 = 1_750_000_000.0
 PRICE = 0.096
@@ -145,29 +145,64 @@ def test_no_progress_lines_with_interval_zero(tmp_path):
 
 
 # ----------------------------------------------------------------------------- record and summary
-def _a_run(obs, clock):
+def _a_run(obs, clock, ahead: float = 0.0, scale: float = 1.0):
     """Two nodes: n1 from T0 to a pool deletion at T0+100; n2 allocated at T0+10, preempted
-    (Spot) at T0+40, gone by the poll at T0+60. Three tasks: one ok, one failed, one retried."""
+    (Spot) at T0+40, gone by the poll at T0+60. Three tasks: one ok, one failed, one retried.
+    Batch's timestamps are on a service clock `ahead` seconds ahead of this machine's, running
+    `scale` times faster (a time-scaled emulator)."""
+    def b(x: float) -> float:  # T0 + x of this machine's clock, on the service's
+        return T0 + ahead + x * scale
+
     obs.pool_added("s", "Standard_D2s_v5", spot=True, batch_job="s-job", created=True, mpi=False)
     obs.submitted("p-job", "p", [("a-1-a1", spec("a", 1)), ("a-2-a1", spec("a", 2))])
     obs.submitted("s-job", "s", [("b-3-a2", spec("b", 3, attempt=2))])
     polls = {
-        T0 + 20: ({"p": [node("n1", "running", T0, T0 + 15)], "s": [node("n2", "running", T0 + 10, T0 + 12, False)]},
+        T0 + 20: ({"p": [node("n1", "running", b(0), b(15))], "s": [node("n2", "running", b(10), b(12), False)]},
                   counts(running=2)),
-        T0 + 50: ({"p": [node("n1", "idle", T0, T0 + 45)], "s": [node("n2", "preempted", T0 + 10, T0 + 40, False)]},
+        T0 + 50: ({"p": [node("n1", "idle", b(0), b(45))], "s": [node("n2", "preempted", b(10), b(40), False)]},
                   counts(completed=1)),
-        T0 + 60: ({"p": [node("n1", "idle", T0, T0 + 45)], "s": []}, counts(completed=1)),
+        T0 + 60: ({"p": [node("n1", "idle", b(0), b(45))], "s": []}, counts(completed=1)),
     }
     for t, (nodes, tasks) in polls.items():
         clock.now = t
+        if ahead or scale != 1.0:
+            obs.service_clock(ClockMap(b(t - T0), t, scale))
         obs.observe(SimpleNamespace(pool_nodes=lambda pool: nodes[pool], task_counts=lambda job: tasks,
                                     get_pool=lambda pool: None))
-    obs.finished(completed_task("a-1-a1", T0 + 15, T0 + 45, "n1"))
-    obs.finished(completed_task("a-2-a1", T0 + 16, T0 + 30, "n1", exit_code=2, retries=1), log_dir=Path("logs/a-2"))
-    obs.finished(completed_task("b-3-a2", T0 + 12, T0 + 38, "n2", requeues=1), peak_memory_mb=512.0)
+    obs.finished(completed_task("a-1-a1", b(15), b(45), "n1"))
+    obs.finished(completed_task("a-2-a1", b(16), b(30), "n1", exit_code=2, retries=1), log_dir=Path("logs/a-2"))
+    obs.finished(completed_task("b-3-a2", b(12), b(38), "n2", requeues=1), peak_memory_mb=512.0)
     clock.now = T0 + 100
     obs.pools_deleted(["p", "s"])
     clock.now = T0 + 101
+
+
+@pytest.mark.parametrize("ahead, scale", [(2 * 86400.0, 1.0), (3600.0, 600.0)])
+def test_a_service_clock_ahead_or_faster_gives_the_same_summary(tmp_path, ahead, scale):
+    """A skewed client, or a time-scaled emulator, puts Batch's timestamps hours ahead of this
+    machine's clock (and spreads them): node-hours, cost and task times come out as with clocks
+    that agree."""
+    summaries = []
+    for offset, rate in ((0.0, 1.0), (ahead, scale)):
+        clock, log = Clock(), Log()
+        obs = RunObserver("r1", tmp_path / f"{offset}-{rate}", log, endpoint="http://127.0.0.1:1", emulated=True,
+                          progress_interval=5, clock=clock, price_loader=lambda sizes: table())
+        obs.pool_added("p", "Standard_D2s_v5", spot=False, batch_job="p-job", created=True, mpi=False)
+        _a_run(obs, clock, offset, rate)
+        summaries.append(obs.finish())
+    assert _rounded(summaries[1]) == _rounded(summaries[0])
+    assert summaries[0]["cost"]["unpricedNodeHours"] > 0 and summaries[0]["cost"]["known"] > 0
+
+
+def _rounded(value):
+    """A summary with its numbers rounded (a scaled clock's arithmetic differs in the last bits)."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def test_summary_of_a_run(run):
