@@ -30,12 +30,13 @@ import errno
 import os
 import re
 import socket
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from azure.core.exceptions import (
     AzureError,
@@ -76,6 +77,39 @@ UPLOAD_ERR_LOG = "fileuploaderr.txt"
 _WILDCARD = re.compile(r"[*?\[]")
 _ENV_REF = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _SINGLE_PUT_LIMIT = 256 * 1024 * 1024  # keep uploadHeaders on one Put Blob for all but huge files
+
+
+_CLIENTS: dict[tuple[str, int, str | None], ContainerClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+_CLIENTS_KEPT = 64
+
+
+def _container_client(container_url: str, credential: Any = None,
+                      auto_storage: "AutoStorage | None" = None) -> ContainerClient:
+    """One client per container URL (with its SAS), credential and trusted certificates, kept: its
+    connections to the storage service are reused by every task of the node agent instead of
+    opened per file. (A kept client holds its credential, so that credential's id stays its own.)"""
+    options = _client_options(auto_storage)
+    key = (container_url, id(credential), options.get("connection_verify"))
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            if len(_CLIENTS) >= _CLIENTS_KEPT:
+                _CLIENTS.clear()
+            client = _CLIENTS[key] = ContainerClient.from_container_url(container_url, credential=credential, **options)
+        return client
+
+
+def _blob_client(url: str, credential: Any = None, auto_storage: "AutoStorage | None" = None) -> BlobClient:
+    """The blob a URL names, through its container's kept client (`_container_client`)."""
+    parts = urlsplit(url)
+    segments = parts.path.lstrip("/").split("/")
+    # Azure's hosts name the account; Azurite and other path-style endpoints put it first in the path.
+    depth = 1 if ".blob." in (parts.hostname or "") else 2
+    if len(segments) <= depth:
+        return BlobClient.from_blob_url(url, credential=credential, **_client_options(auto_storage))
+    container = urlunsplit((parts.scheme, parts.netloc, "/" + "/".join(segments[:depth]), parts.query, ""))
+    return _container_client(container, credential, auto_storage).get_blob_client(unquote("/".join(segments[depth:])))
 
 
 def _client_options(auto_storage: "AutoStorage | None" = None) -> dict[str, Any]:
@@ -235,8 +269,7 @@ def _source_container(spec: Mapping[str, Any], auto_storage: AutoStorage | None)
     """The container a storageContainerUrl / autoStorageContainerName names, and a SAS-free label."""
     if spec.get("storageContainerUrl"):
         url = spec["storageContainerUrl"]
-        client = ContainerClient.from_container_url(url, credential=_identity(spec, auto_storage),
-                                                    **_client_options(auto_storage))
+        client = _container_client(url, _identity(spec, auto_storage), auto_storage)
         return client, redact(url)
     name = spec.get("autoStorageContainerName")
     if not name:
@@ -271,7 +304,7 @@ def _is_blob_url(url: str) -> bool:
 
 def _fetch_url(url: str, target: Path, credential: Any, auto_storage: AutoStorage | None = None) -> None:
     if _is_blob_url(url):
-        blob = BlobClient.from_blob_url(url, credential=credential, **_client_options(auto_storage))
+        blob = _blob_client(url, credential, auto_storage)
         _save_blob(blob, target, redact(url))
         return
     try:
@@ -417,9 +450,7 @@ def _upload_one(
     if not matches:
         _log(task_dir, UPLOAD_OUT_LOG, f"no file matched {pattern!r}")
         return
-    container = ContainerClient.from_container_url(
-        container_url, credential=_identity(target, auto_storage), **_client_options(auto_storage)
-    )
+    container = _container_client(container_url, _identity(target, auto_storage), auto_storage)
     for path, relative in matches:
         if has_wildcard:
             name = f"{prefix}/{relative}" if prefix else relative
