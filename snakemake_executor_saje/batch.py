@@ -154,12 +154,14 @@ class BatchGateway:
     # ----------------------------------------------------------------- jobs
     def ensure_job(self, job_id: str, pool_id: str, run_id: str, *, display_name: str | None = None,
                    environment: dict[str, str] | None = None, max_wall_clock: dt.timedelta | None = None,
-                   metadata: dict[str, str] | None = None) -> bool:
+                   metadata: dict[str, str] | None = None,
+                   preparation: models.BatchJobPreparationTask | None = None) -> bool:
         """Create the job; True when this run owns it (see `create_pool`). `max_wall_clock` is its
         constraints.maxWallClockTime (Batch terminates it, and its running tasks, that long after
-        its creation)."""
+        its creation); `preparation` runs on each node before the job's first task there."""
         job = models.BatchJobCreateOptions(
             id=job_id, display_name=display_name, pool_info=models.BatchPoolInfo(pool_id=pool_id),
+            job_preparation_task=preparation,
             constraints=models.BatchJobConstraints(max_wall_clock_time=max_wall_clock) if max_wall_clock else None,
             common_environment_settings=[models.EnvironmentSetting(name=k, value=v) for k, v in sorted((environment or {}).items())] or None,
             metadata=_items(metadata) if metadata else None,

@@ -10,16 +10,18 @@ terminates such a run's tasks first (leftovers.py), so that no two tasks write t
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import tempfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncGenerator, List
 
+from azure.batch import models
 from azure.core.exceptions import AzureError, HttpResponseError
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
@@ -27,11 +29,12 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
-from . import allocation, armpools, checkpoints, containers, credentials, leftovers, mapping, mpi, node_check, pools, runs, sources
+from . import allocation, armpools, checkpoints, containers, credentials, leftovers, mapping, mpi, node_cache, node_check, pools, runs, sources
 from .observer import RunObserver, peak_memory_mb
 from .runrecord import ClockMap
 from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
+from .downloads import Downloads
 from .poolwatch import PoolWatch, StartTaskFailure
 from .readable import minutes
 from .resilience import Patience, diagnose
@@ -44,10 +47,23 @@ LOG_DIR = Path(".snakemake") / "saje_logs"
 COMPLETION_MARGIN = dt.timedelta(seconds=30)
 POOL_CHECK_SECONDS = 20.0
 DOWNLOAD_CONCURRENCY = 8
+# How long a poll waits for the downloads in flight: most outputs arrive within it and are
+# reported by the poll that saw their task end; a slower download's job by a later poll.
+DOWNLOAD_WAIT_SECONDS = 1.0
 # The node check (node_check.py) and, for jobs with very many files, its expectations, on the node.
 NODE_CHECK_BLOB = "saje/node_check.py"
 NODE_CHECK_PATH = ".saje/node_check.py"
 NODE_EXPECT_PATH = ".saje/expected.txt"
+# The node's input cache (node_cache.py), shared inputs' way onto a node.
+NODE_CACHE_BLOB = "saje/node_cache.py"
+NODE_CACHE_PATH = ".saje/node_cache.py"
+# Where the job preparation task unpacks the sources, with .saje/, once per node (_preparation_task),
+# and how each task puts them in its working directory: hard links (read-only files, so no task
+# can change another's), or a copy where cp cannot link (BSD cp). As the archive's unpacking did
+# before, a source file replaces a resource file of the same path.
+SOURCES_DIR = "sources"
+_PREPARED = f'"$AZ_BATCH_JOB_PREP_WORKING_DIR/{SOURCES_DIR}/."'
+LINK_SOURCES = f"{{ cp -al --remove-destination {_PREPARED} . 2>/dev/null || cp -Rp {_PREPARED} .; }}"
 # Above this the expectations go as a file: one environment string must stay well under Linux's 128 KiB.
 INLINE_EXPECT_LIMIT = 64 * 1024
 LOG_TAIL_LINES = 20
@@ -95,6 +111,9 @@ class Executor(RemoteExecutor):
         # Batch job id -> the service's clock at the last successful poll (its Date header): the
         # next poll lists tasks completed since then, less COMPLETION_MARGIN, on the service's clock.
         self.polled_at: dict[str, dt.datetime] = {}
+        self.downloads = Downloads(DOWNLOAD_CONCURRENCY)
+        self.shared_inputs = InputUse(self.workflow.dag)
+        self.preparation = None
         self.last_pool_check = 0.0
         self.uses_default_storage = bool(self.workflow.storage_settings.default_storage_provider)
         self.next_seconds_between_status_checks = float(self.settings.poll_interval)
@@ -183,17 +202,25 @@ class Executor(RemoteExecutor):
         aux = {"batch_job": use.job_id, "pool": use.pool_id}
         if self.staging is not None:
             aux["sas_expiry"] = expiry = self._sas_expiry(spec)
-            staged, fetch = self.staging.with_manifest(task_key, self._stage_for_node(job, expiry), expiry)
+            inputs, shared = self._stage_for_node(job, expiry, cache=plan is None)
+            staged, fetch = self.staging.with_manifest(task_key, inputs, expiry)
             if fetch and plan is not None:
                 raise mapping.JobMappingError(
                     f"SAJE cannot run MPI rule {spec.rule} (job {spec.jobid}): its input files are more than a "
                     "multi-instance task can list; pass a directory or an archive instead.")
-            resource_files.extend([self.staging.sources_file(expiry),
-                                   self.staging.resource_file(NODE_CHECK_BLOB, NODE_CHECK_PATH, expiry), *staged])
+            if plan is not None:  # an MPI task's files go to every node (commonResourceFiles, below)
+                resource_files.extend([self.staging.sources_file(expiry),
+                                       self.staging.resource_file(NODE_CHECK_BLOB, NODE_CHECK_PATH, expiry)])
+                command = f"tar -xJf {SOURCES_NAME} && {command}"
+            else:  # the job preparation task unpacked the sources once per node (_preparation_task)
+                cached = f"{self.get_python_executable()} {NODE_CACHE_PATH} && " if shared else ""
+                command = f"{LINK_SOURCES} && {cached}{fetch}{command}"
+            if shared:  # their URLs carry SAS tokens: in the environment, never on the command line
+                environment[node_cache.INPUTS_ENV] = json.dumps(shared, separators=(",", ":"))
+            resource_files.extend(staged)
             environment[node_check.ENV], expect_files = self._expectation(job, task_key, expiry)
             resource_files.extend(expect_files)
             output_files = [*self._output_files(job, task_key, expiry), *self.staging.log_files(task_key, expiry)]
-            command = f"tar -xJf {SOURCES_NAME} && {fetch}{command}"
         if image:  # the task runs in the image, where apptainer cannot nest
             command = containers.without_apptainer(command)
         elif self.settings.snakemake_install == "pip":
@@ -293,10 +320,12 @@ class Executor(RemoteExecutor):
         return _checked(command, self.get_python_executable())
 
     # ----------------------------------------------------------------- files to and from the node
-    def _stage_for_node(self, job: JobExecutorInterface, expiry: dt.datetime) -> list:
-        """Resource files: the job's local inputs (no default storage), and in both routes the
-        outputs of the finished checkpoints its input functions read, where the node's Snakemake
-        looks for them (checkpoints.py)."""
+    def _stage_for_node(self, job: JobExecutorInterface, expiry: dt.datetime, *, cache: bool = False) -> tuple[list, list]:
+        """(resource files, node cache items): the job's local inputs (no default storage), and in
+        both routes the outputs of the finished checkpoints its input functions read, where the
+        node's Snakemake looks for them (checkpoints.py). With `cache`, inputs that other jobs of
+        the run use too go through the node's input cache (node_cache.py) instead: once per node.
+        Every URL reads one blob, until `expiry`."""
         assert self.staging is not None
         try:
             needed = checkpoints.needed_outputs(job)
@@ -304,14 +333,21 @@ class Executor(RemoteExecutor):
             self.logger.warning(f"SAJE: could not tell which checkpoint outputs job {job} reads: {exc}")
             needed = []
         if not self.uses_default_storage:
-            return self.staging.stage_inputs(_local_paths([*job.input, *needed]), expiry)
+            paths = _local_paths([*job.input, *needed])
+            # With a node identity files carry no SAS, and node_cache.py (which fetches with a SAS) is not used.
+            cache = cache and self.staging.identity is None
+            shared = [p for p in paths if cache and self.shared_inputs.shared(p)]
+            items = self.staging.cache_items(((p, p) for p in shared), expiry)
+            if len(json.dumps(items)) > INLINE_EXPECT_LIMIT:  # too many for one variable: per task, as before
+                shared, items = [], []
+            return self.staging.stage_inputs((p for p in paths if p not in shared), expiry), items
         inputs = set(map(str, job.input))
         unseen = [f for f in needed if not os.path.exists(str(f)) and str(f) not in inputs]
         if unseen:
             for f in unseen:
                 self.workflow.async_run(f.retrieve_from_storage())
             raise checkpoints.UnseenOutputs(job, unseen)
-        return self.staging.stage_files(((str(f), self._node_path(f)) for f in needed if os.path.exists(str(f))), expiry)
+        return self.staging.stage_files(((str(f), self._node_path(f)) for f in needed if os.path.exists(str(f))), expiry), []
 
     def _node_path(self, f) -> str:
         """Where a file of the job is on the node, relative to the task's working directory."""
@@ -404,7 +440,7 @@ class Executor(RemoteExecutor):
                                  mpi=pool_class.mpi)
         self.batch.ensure_job(job_id, pool_id, self.run_id, display_name=f"snakemake run {self.run_id}",
                               max_wall_clock=self.settings.job_wall_clock,
-                              metadata=self.tag.metadata())
+                              metadata=self.tag.metadata(), preparation=self.preparation)
         self.heartbeat.start()
         return use
 
@@ -466,6 +502,26 @@ class Executor(RemoteExecutor):
             self.shipped_sources = sources.archive_members(archive)
             self.staging.upload_sources(archive)
         self.staging.upload_file(Path(node_check.__file__), NODE_CHECK_BLOB)
+        self.staging.upload_file(Path(node_cache.__file__), NODE_CACHE_BLOB)
+        self.preparation = self._preparation_task()
+
+    def _preparation_task(self) -> models.BatchJobPreparationTask:
+        """The run's Batch jobs' preparation task: on each node, before the job's first task
+        there, the sources archive and SAJE's node files arrive once and are unpacked into
+        SOURCES_DIR, files made read-only; each task then links them (LINK_SOURCES). It runs as
+        the tasks' own user, so that they may link its files. Its SAS tokens last as long as the
+        run's jobs may: every node that joins the pool runs it."""
+        assert self.staging is not None
+        expiry, _ = self.staging.expiry(self.settings.job_wall_clock or NO_LIMIT_LIFETIME)
+        node_files = [self.staging.resource_file(NODE_CHECK_BLOB, NODE_CHECK_PATH, expiry),
+                      self.staging.resource_file(NODE_CACHE_BLOB, NODE_CACHE_PATH, expiry)]
+        files = [*under(SOURCES_DIR, node_files), self.staging.sources_file(expiry)]
+        script = f"tar -xJf {SOURCES_NAME} -C {SOURCES_DIR} && find {SOURCES_DIR} -type f -exec chmod a-w {{}} +"
+        return models.BatchJobPreparationTask(
+            command_line=mapping.command_line(script), resource_files=files, wait_for_success=True,
+            rerun_on_node_reboot_after_success=True,
+            user_identity=models.UserIdentity(auto_user=models.AutoUserSpecification(scope="pool", elevation_level="nonadmin")),
+        )
 
     # ----------------------------------------------------------------- the run's tag
     def _beat(self) -> None:
@@ -530,8 +586,11 @@ class Executor(RemoteExecutor):
         self._map_service_clock(polled)
         stuck = {**self._check_pools({info.aux["batch_job"] for info in active_jobs}), **lost}
         self.observer.observe(self.batch)
-        finished = []
+        finished, fetching = [], []
         for info in active_jobs:
+            if info.external_jobid in self.downloads:
+                fetching.append(info)
+                continue
             if info.aux["batch_job"] in stuck and info.external_jobid not in completed:
                 self.report_job_error(info, msg=stuck[info.aux["batch_job"]])
                 continue
@@ -539,14 +598,24 @@ class Executor(RemoteExecutor):
             if task is None:
                 yield info
             else:
-                finished.append((info, outcome_of(task)))
-        missing = self._bring_outputs_back([info for info, outcome in finished if outcome.succeeded])
-        for info, outcome in finished:
+                finished.append((info, task))
+        for info, task in finished:
+            outcome = outcome_of(task)
+            if outcome.succeeded and self._outputs_come_back():
+                self._start_download(info, task)
+                fetching.append(info)
+                continue
+            missing = []
             if outcome.succeeded and self.uses_default_storage and info.job.is_checkpoint:
-                missing[info.external_jobid] = await _retrieve_checkpoint_outputs(info.job)
-            self._finish(info, outcome, missing.get(info.external_jobid, []))
-            self.observer.finished(completed[info.external_jobid], log_dir=LOG_DIR / info.aux["batch_job"] / info.external_jobid,
-                                   peak_memory_mb=peak_memory_mb(_products(info.job)[2]) if outcome.succeeded else None)
+                missing = await _retrieve_checkpoint_outputs(info.job)
+            self._done(info, task, missing)
+        reported = set()
+        for (info, task), missing in self.downloads.finished(DOWNLOAD_WAIT_SECONDS if fetching else 0):
+            reported.add(info.external_jobid)
+            self._done(info, task, missing)
+        for info in fetching:
+            if info.external_jobid not in reported:
+                yield info
 
     def _map_service_clock(self, polled: dict[str, dt.datetime | None]) -> None:
         """Tell the run's record how Batch's clock maps onto ours: the emulator says it, time
@@ -583,23 +652,23 @@ class Executor(RemoteExecutor):
             self.logger.error(message)
         return f"SAJE: Batch can no longer tell how this job's task went ({found.code}); the cause and what to do are said above."
 
-    def _bring_outputs_back(self, infos: list[SubmittedJobInfo]) -> dict[str, list[str]]:
-        """Route (b): download the outputs of the jobs whose tasks succeeded, several at once;
-        task id -> outputs that never reached blob storage."""
-        if self.staging is None or self.uses_default_storage or not infos:
-            return {}
-        staging = self.staging
+    def _outputs_come_back(self) -> bool:
+        """Route (b): SAJE brings a succeeded job's outputs back from the run's container itself."""
+        return self.staging is not None and not self.uses_default_storage
 
-        def fetch(info: SubmittedJobInfo) -> tuple[str, list[str]]:
-            try:
-                return info.external_jobid, staging.download_outputs(info.external_jobid, _output_paths(info.job))
-            except Exception as exc:  # the job fails with the reason; the run goes on
-                return info.external_jobid, [f"(download failed: {exc})"]
+    def _start_download(self, info: SubmittedJobInfo, task) -> None:
+        """The job's outputs, in the background (downloads.py); a later poll reports the job."""
+        staging, paths = self.staging, _output_paths(info.job)
+        assert staging is not None
+        self.downloads.start(info.external_jobid, lambda: staging.download_outputs(info.external_jobid, paths),
+                             (info, task))
 
-        if len(infos) == 1:
-            return dict([fetch(infos[0])])
-        with ThreadPoolExecutor(max_workers=DOWNLOAD_CONCURRENCY) as pool:
-            return dict(pool.map(fetch, infos))
+    def _done(self, info: SubmittedJobInfo, task, missing: list[str]) -> None:
+        """Report a job whose task completed (and whose outputs, if any come back, are here)."""
+        outcome = outcome_of(task)
+        self._finish(info, outcome, missing)
+        self.observer.finished(task, log_dir=LOG_DIR / info.aux["batch_job"] / info.external_jobid,
+                               peak_memory_mb=peak_memory_mb(_products(info.job)[2]) if outcome.succeeded else None)
 
     def _finish(self, info: SubmittedJobInfo, outcome, missing: list[str]) -> None:
         if outcome.succeeded:
@@ -850,6 +919,7 @@ class Executor(RemoteExecutor):
         if self.arm_pools is not None:
             self.arm_pools.close()
             self.arm_pools = None
+        self.downloads.close()
         self._try("write the run summary", self.observer.finish)
         if self.staging is not None:
             self._try(f"delete staging container {self.staging.container}", self.staging.delete)
@@ -869,6 +939,24 @@ class Executor(RemoteExecutor):
 # --------------------------------------------------------------------- helpers
 # Batch failure codes of a refused blob transfer ("Batch status and error codes", task table).
 _ACCESS_DENIED = ("FileUploadAccessDenied", "BlobAccessDenied")
+
+
+class InputUse:
+    """How many jobs of the run read each input file; those read by more than one are shared, and
+    reach each node once through its input cache. Counted again when the DAG grows (checkpoints)."""
+
+    def __init__(self, dag):
+        self.dag = dag
+        self._jobs = -1
+        self._readers: Counter[str] = Counter()
+
+    def shared(self, path: str) -> bool:
+        if len(self.dag) != self._jobs:
+            self._jobs = len(self.dag)
+            self._readers = Counter(f for job in self.dag.needrun_jobs(exclude_finished=False)
+                                    for f in {str(f) for f in job.input})
+        return self._readers[path] > 1
+
 
 def _node_error(error) -> str:
     """'Code: message (name: value, ...)' of a BatchNodeError."""

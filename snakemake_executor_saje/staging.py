@@ -19,6 +19,8 @@ managed identity (identityReference), which Batch's node agent gets tokens for.
 """
 from __future__ import annotations
 
+import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -39,6 +41,8 @@ from azure.storage.blob import (
     BlobServiceClient,
     ContainerSasPermissions,
     generate_blob_sas,
+    ContentSettings,
+    ExponentialRetry,
     generate_container_sas,
 )
 
@@ -65,6 +69,20 @@ MAX_USER_DELEGATION = dt.timedelta(days=7) - dt.timedelta(minutes=10)
 NO_LIMIT_LIFETIME = dt.timedelta(days=7)
 _CONTAINER_CHARS = re.compile(r"[^a-z0-9-]")
 _GLOB_CHARS = re.compile(r"[*?\[$]")
+
+
+def client_options() -> dict[str, Any]:
+    """The blob client's own retry policy with backoffs of about a second, not its 15 s default.
+
+    azure-storage-blob's default ExponentialRetry waits 15 s before its first retry. A blob
+    server closes idle keep-alive connections (Azurite after 5 s), so a request sent on one just
+    as it closes meets a reset: one short backoff and a new connection fix that. Throttling still
+    gets its retries (1, 3, 5, 9, 17 s, each +/- 0.5 s)."""
+    return {
+        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=5, random_jitter_range=0.5),
+        "connection_timeout": 20,
+        "read_timeout": 60,
+    }
 
 
 def container_name_for(run_id: str, prefix: str = "saje") -> str:
@@ -123,12 +141,25 @@ def manifest_blob(task_key: str) -> str:
     return f"manifests/{task_key}.tsv"
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A local file uploaded for the nodes: its blob, what identifies and verifies that version,
+    and where it goes in the task's working directory."""
+
+    blob: str
+    path: str
+    size: int
+    etag: str
+    md5: str  # base64, as Content-MD5
+    executable: bool
+
+
 @dataclass
 class Staging:
     service: BlobServiceClient
     container: str
     account_key: str | None = field(default=None, repr=False)
-    _uploaded: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _uploaded: dict[str, tuple[tuple[int, int], Staged]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _moved: list[int] = field(default_factory=lambda: [0, 0], repr=False)  # bytes up, bytes down
     _key: tuple[dt.datetime, Any] | None = field(default=None, repr=False)  # user delegation key, until
@@ -161,14 +192,14 @@ class Staging:
         account_url, _, container = container_url.split("?", 1)[0].rstrip("/").rpartition("/")
         connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         if connection_string:
-            service = BlobServiceClient.from_connection_string(connection_string)
+            service = BlobServiceClient.from_connection_string(connection_string, **client_options())
             if service.url.rstrip("/") == account_url:
                 return cls(service, container, _key_from_connection_string(connection_string))
         if credential is None:
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential
-        return cls(BlobServiceClient(account_url, credential=credential()), container)
+        return cls(BlobServiceClient(account_url, credential=credential(), **client_options()), container)
 
     def _create_container(self, metadata: dict[str, str] | None = None) -> None:
         from azure.core.exceptions import ResourceExistsError
@@ -275,28 +306,58 @@ class Staging:
         """Upload local files or directories (once per content change, several at a time) and
         return resource files, readable until `expiry`, that put each at its path on the node
         (local path, node path), one per file."""
+        return [self.resource_file(s.blob, s.path, expiry, EXECUTABLE_MODE if s.executable else None)
+                for s in self.stage(pairs)]
+
+    def cache_items(self, pairs: Iterable[tuple[str, str]], expiry: dt.datetime) -> list[dict[str, Any]]:
+        """Upload like `stage_files`, and describe each file for the node's input cache
+        (node_cache.py): its URL (a read SAS for that blob alone, until `expiry`), the blob and
+        ETag that name this version, the size and MD5 to verify it by, its path on the node."""
+        return [{"url": self.blob_url(s.blob, "r", expiry), "blob": s.blob, "etag": s.etag, "size": s.size,
+                 "md5": s.md5, "path": s.path, **({"executable": True} if s.executable else {})}
+                for s in self.stage(pairs)]
+
+    def stage(self, pairs: Iterable[tuple[str, str]]) -> list[Staged]:
+        """Upload local files or directories (local path, node path) once per content change,
+        several at a time, with their MD5 as Content-MD5; one `Staged` per file, unique by node path."""
         placed: dict[str, Path] = {}
         for path, at in pairs:
             for local in _expand(Path(path)):
                 placed[(Path(at) / local.relative_to(path)).as_posix() if local != Path(path) else at] = local
+        known: dict[Path, Staged] = {}
         stale = []
         for local in set(placed.values()):
             stat = local.stat()
             signature = (stat.st_size, stat.st_mtime_ns)
             with self._lock:
-                if self._uploaded.get(local.as_posix()) != signature:
-                    stale.append((local, signature))
+                entry = self._uploaded.get(local.as_posix())
+            if entry is not None and entry[0] == signature:
+                known[local] = entry[1]
+            else:
+                stale.append((local, signature))
         if stale:
             with ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY) as pool:
-                list(pool.map(lambda item: self._upload_input(*item), stale))
-        return [self.resource_file(input_blob(local.as_posix()), on_node, expiry,
-                                   EXECUTABLE_MODE if _executable(local) else None) for on_node, local in placed.items()]
+                for (local, _), staged in zip(stale, pool.map(lambda item: self._upload_input(*item), stale)):
+                    known[local] = staged
+        return [dataclasses.replace(known[local], path=on_node) for on_node, local in placed.items()]
 
-    def _upload_input(self, local: Path, signature: tuple[int, int]) -> None:
-        self.upload_file(local, input_blob(local.as_posix()))
+    def _upload_input(self, local: Path, signature: tuple[int, int]) -> Staged:
+        """One input up, with its MD5 (Content-MD5), which the node's input cache checks it by."""
+        blob = input_blob(local.as_posix())
+        digest = hashlib.md5()
+        with open(local, "rb") as data:
+            while chunk := data.read(1 << 20):
+                digest.update(chunk)
+        with open(local, "rb") as data:
+            size = os.fstat(data.fileno()).st_size
+            reply = self.service.get_blob_client(self.container, blob).upload_blob(
+                data, overwrite=True, content_settings=ContentSettings(content_md5=bytearray(digest.digest())))
+        self._count(size, 0)
+        staged = Staged(blob=blob, path=local.as_posix(), size=size, etag=str(reply.get("etag") or ""),
+                        md5=base64.b64encode(digest.digest()).decode("ascii"), executable=_executable(local))
         with self._lock:
-            self._uploaded[local.as_posix()] = signature
-
+            self._uploaded[local.as_posix()] = (signature, staged)
+        return staged
     def with_manifest(self, task_key: str, files: list[models.ResourceFile],
                       expiry: dt.datetime) -> tuple[list[models.ResourceFile], str]:
         """`files` as they fit a task: themselves, or, when their URLs would make the task too
@@ -407,13 +468,13 @@ def blob_service(account_url: str | None, credential: Any = None) -> tuple[BlobS
     `account_url` with `credential` (DefaultAzureCredential when None); None when neither is set."""
     connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
     if connection_string:
-        return BlobServiceClient.from_connection_string(connection_string), _key_from_connection_string(connection_string)
+        return BlobServiceClient.from_connection_string(connection_string, **client_options()), _key_from_connection_string(connection_string)
     if account_url:
         if credential is None:
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential()
-        return BlobServiceClient(account_url, credential=credential), None
+        return BlobServiceClient(account_url, credential=credential, **client_options()), None
     return None
 
 
@@ -545,7 +606,7 @@ def _unquotable_git_names() -> list[str]:
 
 
 def under(directory: str, files: Iterable[models.ResourceFile]) -> list[models.ResourceFile]:
-    """The same resource files with their paths under `directory`: an MPI task's
+    """The same resource files with their paths under `directory`: e.g. an MPI task's
     commonResourceFiles, which Batch downloads on every node into the task's root directory
     (AZ_BATCH_TASK_SHARED_DIR), beside stdout.txt and the working directory."""
     return [models.ResourceFile(http_url=f.http_url, file_path=f"{directory}/{f.file_path}", file_mode=f.file_mode,

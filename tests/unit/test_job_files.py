@@ -120,7 +120,7 @@ def test_checkpoint_outputs_with_a_local_copy_go_to_the_nodes_storage_prefix(tmp
     out = _StorageFile(".snakemake/storage/azure/data/run/clustering/a")
     ex, staged = _executor_with_default_storage(tmp_path, monkeypatch, [out])
     Path(out).mkdir(parents=True)
-    assert ex._stage_for_node(SimpleNamespace(input=[]), EXPIRY) == ["resource files"]
+    assert ex._stage_for_node(SimpleNamespace(input=[]), EXPIRY) == (["resource files"], [])
     assert staged == [(out, "node/storage/azure/data/run/clustering/a")]
 
 
@@ -134,7 +134,7 @@ def test_a_checkpoint_output_evaluated_without_its_local_copy_is_fetched_and_the
     assert (Path(out) / "1.txt").exists() and staged == []  # fetched: the next run evaluates with it
     # A checkpoint output that is also an input of the job was planned from its name alone.
     Path(out, "1.txt").unlink(), Path(out).rmdir()
-    assert ex._stage_for_node(SimpleNamespace(input=[out]), EXPIRY) == ["resource files"] and staged == []
+    assert ex._stage_for_node(SimpleNamespace(input=[out]), EXPIRY) == (["resource files"], []) and staged == []
 
 
 def test_expectations_too_large_for_one_variable_go_as_a_file(monkeypatch):
