@@ -118,6 +118,8 @@ def client_environment(emulator) -> dict[str, str]:
         env["AZURITE_CONNECTION_STRING"] = emulator.azurite.connection_string
     if emulator.config.ca_bundle:  # --tls: the SDKs trust the emulator's certificate (and the machine's CAs)
         env["REQUESTS_CA_BUNDLE"] = env["SSL_CERT_FILE"] = str(emulator.config.ca_bundle)
+    if emulator.cert_path is not None:  # --tls: managed-identity tokens come from the emulator
+        env.update(emulator.identity_environment())
     return env
 
 

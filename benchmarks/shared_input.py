@@ -1,0 +1,162 @@
+"""Shared inputs reach each node once: bytes read from blob storage by N tasks sharing one input.
+
+    .venv/bin/python benchmarks/shared_input.py                    # 200 tasks, a 500 MB input, 4 nodes
+    .venv/bin/python benchmarks/shared_input.py --mb 5 --tasks 200
+
+The workflow: N jobs, each reading `ref.bin` (the shared input) and its own small `own/I.txt`,
+writing its output from both (`stat` of the reference, the content of its own file), through
+SAJE's own data route on the emulator (4 nodes of 8 slots, autoscale from 0). Every blob request
+of the run goes through a TCP proxy in front of Azurite that counts the bytes it answers, by blob:
+that is what the nodes (and SAJE) read from storage. Target: at most nodes x size + the per-task
+inputs. Exits non-zero when the target is missed or a job's output is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from compare import EmulatorProcess, run_snakemake  # noqa: E402
+
+SNAKEFILE = """\
+rule all:
+    input: expand("out/{{i}}.txt", i=range({n}))
+
+rule use:
+    input: ref="ref.bin", own="own/{{i}}.txt"
+    output: "out/{{i}}.txt"
+    shell: "mkdir -p out && stat -c %s {{input.ref}} > {{output}} && cat {{input.own}} >> {{output}}"
+"""
+
+
+class CountingProxy:
+    """Forwards TCP to Azurite; counts the response bytes of each request by its path."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        self.bytes: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream)
+        current = {"path": ""}
+        threading.Thread(target=self._answer, args=(upstream, client, current), daemon=True).start()
+        while True:
+            try:
+                chunk = client.recv(1 << 16)
+            except OSError:
+                break
+            if not chunk:
+                break
+            line = chunk.split(b"\r\n", 1)[0].decode("latin-1")
+            method = line.split(" ", 1)[0]
+            if method in ("GET", "PUT", "HEAD", "DELETE", "POST"):
+                current["path"] = f"{method} {line.split(' ')[1].split('?')[0]}"
+                with self._lock:
+                    self.requests[current["path"]] += 1
+            try:
+                upstream.sendall(chunk)
+            except OSError:
+                break
+        for sock in (client, upstream):
+            sock.close()
+
+    def _answer(self, upstream: socket.socket, client: socket.socket, current: dict) -> None:
+        while True:
+            try:
+                chunk = upstream.recv(1 << 16)
+                if not chunk:
+                    break
+                with self._lock:
+                    self.bytes[current["path"]] += len(chunk)
+                client.sendall(chunk)
+            except OSError:
+                break
+        try:
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def read(self, part: str) -> int:
+        """Bytes answered to GETs of blobs whose path contains `part`."""
+        with self._lock:
+            return sum(v for k, v in self.bytes.items() if k.startswith("GET ") and part in k)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--mb", type=float, default=500, help="size of the shared input in MB (10^6 bytes)")
+    parser.add_argument("--nodes", type=int, default=4)
+    args = parser.parse_args()
+    size = int(args.mb * 1_000_000)
+    with tempfile.TemporaryDirectory(prefix="saje-shared-") as tmp:
+        work = Path(tmp) / "wf"
+        (work / "own").mkdir(parents=True)
+        (work / "Snakefile").write_text(SNAKEFILE.format(n=args.tasks))
+        with open(work / "ref.bin", "wb") as out:  # incompressible, as a genome index is for storage
+            for _ in range(0, size, 1 << 20):
+                out.write(os.urandom(min(1 << 20, size - out.tell())))
+        for i in range(args.tasks):
+            (work / "own" / f"{i}.txt").write_text(f"sample {i}\n")
+        own_bytes = sum(len(f"sample {i}\n") for i in range(args.tasks))
+        emulator = EmulatorProcess(Path(tmp) / "emulator")
+        try:
+            host, port = emulator.env["AZURE_STORAGE_CONNECTION_STRING"].split("BlobEndpoint=http://")[1].split("/")[0].split(":")
+            proxy = CountingProxy((host, int(port)))
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("SNAKEMAKE_SAJE_", "AZURE", "AZURITE"))}
+            env.update({k: v.replace(f":{port}/", f":{proxy.port}/") for k, v in emulator.env.items()})
+            started = time.monotonic()
+            ok, wall, cpu, _ = run_snakemake(sys.executable, "saje-shared", work, env, [
+                "--executor", "saje", "--jobs", str(args.tasks), "--latency-wait", "5", "--quiet", "all",
+                "--saje-vm-size", "Standard_D2s_v5", "--saje-task-slots-per-node", "8",
+                "--saje-max-nodes", str(args.nodes), "--saje-autoscale-interval", "0.02",
+                "--saje-snakemake-install", "none", "--saje-poll-interval", "2"])
+            wall = time.monotonic() - started
+            proxy.close()
+        finally:
+            emulator.stop()
+        outputs_ok = ok and all((work / "out" / f"{i}.txt").read_text() == f"{size}\nsample {i}\n"
+                                for i in range(args.tasks))
+        shared, own = proxy.read("/inputs/ref.bin"), proxy.read("/inputs/own/")
+        bound = args.nodes * size + own_bytes
+        print(f"{args.tasks} tasks sharing a {args.mb:g} MB input on at most {args.nodes} nodes: wall {wall:.0f} s, "
+              f"outputs {'right' if outputs_ok else 'WRONG (see ' + str(work / 'snakemake.out') + ')'}")
+        print(f"  read from storage: shared input {shared:,} bytes ({shared / size:.2f} x its size), "
+              f"per-task inputs {own:,} bytes, sources {proxy.read('/sources/'):,} bytes, "
+              f"SAJE's node files {proxy.read('/saje/'):,} bytes")
+        print(f"  target: shared + per-task <= {args.nodes} x size + per-task = {bound:,} bytes; "
+              f"per-task staging would read {args.tasks} x size = {args.tasks * size:,} bytes")
+        met = outputs_ok and shared + own <= bound
+        if not outputs_ok:
+            print((work / "snakemake.out").read_text()[-3000:], file=sys.stderr)
+        print("target met" if met else "TARGET MISSED", file=sys.stderr)
+        return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
