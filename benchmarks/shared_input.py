@@ -134,7 +134,7 @@ def main() -> int:
             ok, wall, cpu, _ = run_snakemake(sys.executable, "saje-shared", work, env, [
                 "--executor", "saje", "--jobs", str(args.tasks), "--latency-wait", "5", "--quiet", "all",
                 "--saje-vm-size", "Standard_D2s_v5", "--saje-task-slots-per-node", "8",
-                "--saje-max-nodes", str(args.nodes), "--saje-autoscale-interval", "0.02",
+                "--saje-max-nodes", str(args.nodes), "--saje-autoscale-interval", "5",
                 "--saje-snakemake-install", "none", "--saje-poll-interval", "2"])
             wall = time.monotonic() - started
             proxy.close()

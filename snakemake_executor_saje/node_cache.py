@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import fcntl
 import hashlib
 import json
@@ -22,6 +23,7 @@ import shutil
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -74,7 +76,8 @@ def _download(url: str, target: Path, size: int, md5: str, label: str) -> None:
                     out.write(chunk)
         except urllib.error.HTTPError as exc:
             if exc.code < 500 and exc.code != 429:
-                raise CacheError(f"{label}: the storage service answered {exc.code} {exc.reason}") from None
+                raise CacheError(f"{label}: the storage service answered {exc.code} {exc.reason}"
+                                 + _expired(url)) from None
             problem = f"{exc.code} {exc.reason}"
         except (urllib.error.URLError, OSError) as exc:
             problem = str(getattr(exc, "reason", exc))
@@ -86,6 +89,18 @@ def _download(url: str, target: Path, size: int, md5: str, label: str) -> None:
         if attempt == ATTEMPTS:
             raise CacheError(f"{label}: {problem} (after {ATTEMPTS} attempts)")
         time.sleep(0.5 * 2 ** (attempt - 1))
+
+
+def _expired(url: str) -> str:
+    """Why a read may be refused: the SAS expired (its `se`, which is not secret, unlike `sig`)."""
+    expiry = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("se", [""])[0]
+    try:
+        moment = datetime.datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    if moment > datetime.datetime.now(datetime.timezone.utc):
+        return ""
+    return f" (its SAS token expired at {expiry}, before the task started)"
 
 
 def cached(item: Mapping[str, Any], root: Path) -> Path:

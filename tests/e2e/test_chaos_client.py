@@ -304,8 +304,11 @@ def test_a_task_that_outlives_its_sas_fails_naming_the_expiry_and_what_to_do(cha
 
 def test_a_task_that_waits_for_a_node_longer_than_its_sas_lives_fails_naming_the_expiry(chaos):
     """No node for 12 s (the pool may not grow, until the test resizes it by hand); the task's SAS
-    lived 6 s + 1.2 s, so Batch cannot download its inputs (BlobAccessDenied)."""
-    workdir = chaos.workflow(THREE.format(seconds=0))
+    lived 6 s + 1.2 s, so Batch cannot download its inputs (BlobAccessDenied). Each job reads an
+    input of its own, a task's resource file (the sources come with the job preparation task,
+    whose SAS lasts as long as the run's jobs may)."""
+    own_input = THREE.replace("rule work:\n", 'rule work:\n    input: "in/{{i}}.txt"\n')
+    workdir = chaos.workflow(own_input.format(seconds=0), {f"in/{i}.txt": f"{i}\n" for i in range(3)})
     client = chaos.emu.client()
     try:
         reader = chaos.start(workdir, "--saje-max-wall-clock", "0.1", "--saje-sas-allowance", "0.02",

@@ -21,13 +21,16 @@ class _Server:
     """Serves BODY for any path, counting GETs; `corrupt` serves one byte changed."""
 
     def __init__(self):
-        self.gets, self.corrupt = 0, False
+        self.gets, self.corrupt, self.status = 0, False, 200
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 outer.gets += 1
                 body = (b"X" + BODY[1:]) if outer.corrupt else BODY
+                if outer.status != 200:
+                    self.send_error(outer.status)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -89,3 +92,15 @@ def test_a_download_that_fails_its_md5_is_never_used(tmp_path, server, monkeypat
     monkeypatch.setenv("AZ_BATCH_JOB_PREP_DIR", str(tmp_path / "prep"))
     assert node_cache.main() == node_cache.EXIT_CODE
     assert "SAJE node cache: an input of this task could not be put in place: inputs/x" in capsys.readouterr().err
+
+
+def test_a_refused_read_with_an_expired_sas_says_when_it_expired(tmp_path, server):
+    server.status = 403
+    env = {"AZ_BATCH_JOB_PREP_DIR": str(tmp_path / "prep")}
+    expired = server.url.replace("sv=x", "sv=x&se=2020-01-01T00%3A00%3A00Z")
+    with pytest.raises(node_cache.CacheError, match=r"answered 403 .*its SAS token expired at 2020-01-01T00:00:00Z") as err:
+        node_cache.fetch([_item(expired)], env, tmp_path / "task")
+    assert server.gets == 1 and "secret" not in str(err.value)
+    with pytest.raises(node_cache.CacheError) as err:  # not expired: no such guess
+        node_cache.fetch([_item(server.url.replace("sv=x", "sv=x&se=2999-01-01T00%3A00%3A00Z"))], env, tmp_path / "task")
+    assert "expired" not in str(err.value)
