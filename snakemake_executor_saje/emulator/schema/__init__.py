@@ -130,6 +130,8 @@ class Schema:
         elif kind == "enum":
             if not isinstance(item, str):
                 yield Problem(TYPE, where, owner, spec, item)
+            elif spec.get("open"):
+                pass  # an extensible enum (ARM's VM sizes): other values are the service's to judge
             elif (self.canonical_enum(spec["enum"], item) is None) if request else (item not in self.enums[spec["enum"]]):
                 yield Problem(ENUM, where, owner, spec, item)
         elif not _primitive_ok(kind, item):

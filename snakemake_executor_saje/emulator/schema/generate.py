@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import datetime
 import enum
+import importlib
 import inspect
 import json
 import re
@@ -28,22 +29,26 @@ from typing import Any
 OUTPUT = Path(__file__).with_name("batch-2025-06-01.json")
 
 
-def _type_spec(hint: Any, models: Any) -> dict[str, Any]:
+def _type_spec(hint: Any, models: Any, open_enums: bool = False) -> dict[str, Any]:
     """A Python type hint of the SDK -> a small JSON type description."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union:
         non_none = [a for a in args if a is not type(None)]
         enums = [a for a in non_none if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if enums:
-            return {"type": "enum", "enum": enums[0].__name__}
+        if enums:  # Union[str, Enum]: an extensible enum, whose other values the service may accept
+            return {"type": "enum", "enum": enums[0].__name__, **({"open": True} if open_enums else {})}
         if len(non_none) == 1:
-            return _type_spec(non_none[0], models)
+            return _type_spec(non_none[0], models, open_enums)
         raise ValueError(f"unsupported union {hint!r}")
+    if hint is typing.Any:
+        return {"type": "any"}
+    if origin is typing.Literal:  # a discriminator's fixed value
+        return {"type": "string"}
     if origin in (list, typing.List):
-        return {"type": "array", "items": _type_spec(args[0], models)}
+        return {"type": "array", "items": _type_spec(args[0], models, open_enums)}
     if origin in (dict, typing.Dict):
-        return {"type": "map", "values": _type_spec(args[1], models)}
+        return {"type": "map", "values": _type_spec(args[1], models, open_enums)}
     if isinstance(hint, type):
         if issubclass(hint, enum.Enum):
             return {"type": "enum", "enum": hint.__name__}
@@ -70,34 +75,40 @@ def _is_optional(hint: Any) -> bool:
     return typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
 
 
-def models_schema() -> tuple[dict[str, Any], dict[str, list[str]]]:
-    from azure.batch import models
-    from azure.batch._utils.model_base import Model, _RestField
-    from azure.batch.models import _models as generated  # also the models the SDK keeps private
+def model_spec(cls: type, models: Any, rest_field: type, open_enums: bool = False) -> dict[str, Any]:
+    """One generated model: its wire properties (type, read-only) and the required ones."""
+    hints = typing.get_type_hints(cls, globalns=vars(sys.modules[cls.__module__]), localns={"_models": models})
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for klass in reversed(cls.__mro__):
+        for attr, field in vars(klass).items():
+            if not isinstance(field, rest_field):
+                continue
+            wire = field._rest_name_input or attr
+            spec = _type_spec(hints[attr], models, open_enums)
+            if field._format == "str" and spec["type"] == "integer":
+                spec = {"type": "string", "format": "int64"}  # int64 on the wire as a JSON string
+            if (field._visibility or []) == ["read"]:
+                spec["readOnly"] = True  # read visibility only: never part of a request body
+            props[wire] = spec
+            if not _is_optional(hints[attr]) and wire not in required:
+                required.append(wire)
+    return {"properties": props, "required": required}
+
+
+def models_schema(package: str = "azure.batch", open_enums: bool = False) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Every model and enum of a TypeSpec-generated SDK package (azure-batch 15, the azure-mgmt-* of
+    today share its `_utils.model_base`)."""
+    models = importlib.import_module(f"{package}.models")
+    model_base = importlib.import_module(f"{package}._utils.model_base")
+    Model, _RestField = model_base.Model, model_base._RestField
+    generated = importlib.import_module(f"{package}.models._models")  # also the models the SDK keeps private
 
     out: dict[str, Any] = {}
     for name, cls in sorted({**vars(generated), **vars(models)}.items()):
-        if not (isinstance(cls, type) and issubclass(cls, Model) and cls is not Model):
-            continue
-        hints = typing.get_type_hints(cls, globalns=vars(sys.modules[cls.__module__]), localns={"_models": models})
-        props: dict[str, Any] = {}
-        required: list[str] = []
-        for klass in reversed(cls.__mro__):
-            for attr, field in vars(klass).items():
-                if not isinstance(field, _RestField):
-                    continue
-                wire = field._rest_name_input or attr
-                spec = _type_spec(hints[attr], models)
-                if field._format == "str" and spec["type"] == "integer":
-                    spec = {"type": "string", "format": "int64"}  # int64 on the wire as a JSON string
-                if (field._visibility or []) == ["read"]:
-                    spec["readOnly"] = True  # read visibility only: never part of a request body
-                props[wire] = spec
-                if not _is_optional(hints[attr]) and wire not in required:
-                    required.append(wire)
-        out[name] = {"properties": props, "required": required}
-    from azure.batch.models import _enums
-
+        if isinstance(cls, type) and issubclass(cls, Model) and cls is not Model:
+            out[name] = model_spec(cls, models, _RestField, open_enums)
+    _enums = importlib.import_module(f"{package}.models._enums")
     enums = {
         name: [member.value for member in cls]
         for name, cls in sorted({**vars(_enums), **vars(models)}.items())
