@@ -119,7 +119,8 @@ class BatchApi:
 
     def _refused(self, request: Request, exc: BatchError) -> None:
         """Keep (and log) a body the schema refused: tests assert SAJE's own requests never are."""
-        self.state.refused(request.operation.name if request.operation else None, request.raw_path, exc)
+        self.state.refused(request.operation.name if request.operation else None, request.raw_path, exc.code,
+                           dict(exc.values))
 
     # Entity collections in a data plane path, and the state lookup for each (pool, node, job, task).
     _ADDRESSED = {"pools": "pool", "nodes": "node", "jobs": "job", "tasks": "task"}

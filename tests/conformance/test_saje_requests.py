@@ -109,3 +109,19 @@ def test_emulator_keeps_the_refused_bodies(emulator, batch_client, job):
     new = emulator.schema_refusals[before:]
     assert [(r["operation"], r["code"]) for r in new] == [("create_task", "InvalidRequestBody"),
                                                          ("create_task_collection", "MissingRequiredProperty")]
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.parent.name for p in PROFILES])
+@pytest.mark.parametrize("job", [FANOUT, MPI_JOB], ids=["htc", "mpi"])
+def test_arm_pool_bodies_of_each_profile_validate(profile, job):
+    """A pool with a node identity goes through ARM (armpools): its body reads as azure-mgmt-batch's Pool."""
+    from snakemake_executor_saje.armpools import arm_pool_body
+    from snakemake_executor_saje.emulator.schema import arm as arm_schema
+
+    settings = profile_settings(profile)
+    spec = pools.pool_spec(pools.pool_class_for(job, settings), settings, "run1", snakemake_version="9.0.0",
+                           pip_packages=("snakemake-storage-plugin-azure",))
+    identity = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id"
+    op = arm_schema.operation_for("PUT", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Batch/batchAccounts/a/pools/"
+                                  + spec.id, "2025-06-01")
+    assert arm_schema.problems(op, json.loads(json.dumps(arm_pool_body(spec, [identity])))) == []

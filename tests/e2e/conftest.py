@@ -52,11 +52,13 @@ def executor_emulator(emulator_data_dir: Path) -> Iterator[Emulator]:
 def arm_emulator(emulator_data_dir: Path) -> Iterator[Emulator]:
     """The emulator over HTTPS (bearer tokens: ARM, the nodes' managed identities) with an HTTPS
     Azurite that takes Entra tokens as the accounts' auto-storage: one for the session, shared by
-    the ARM, application-package and identity tests."""
+    the ARM, application-package and identity tests. None of their ARM or Batch bodies may be refused
+    as Azure's schema would."""
     emu = Emulator(emulator_data_dir / "arm", tls=True, with_azurite=True, **FAST)
     emu.start()
     try:
         yield emu
+        assert emu.schema_refusals == []
     finally:
         emu.stop()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..datadir import make_private_dir
+from ..schema import arm as arm_schema
 from ..wire import Request, Response
 from . import authorization, batch, compute, network, storage
 from .core import (
@@ -40,7 +41,8 @@ PROVIDER_TYPES = {
     "Microsoft.Batch": ["batchAccounts", "batchAccounts/pools", "batchAccounts/applications",
                         "batchAccounts/applications/versions", "locations", "locations/checkNameAvailability",
                         "operations"],
-    "Microsoft.Storage": ["storageAccounts", "storageAccounts/blobServices", "checkNameAvailability", "locations"],
+    "Microsoft.Storage": ["storageAccounts", "storageAccounts/blobServices", "storageAccounts/blobServices/containers",
+                          "checkNameAvailability", "locations"],
     "Microsoft.Compute": ["virtualMachines", "disks", "galleries", "galleries/images", "galleries/images/versions",
                           "locations"],
     "Microsoft.Network": ["virtualNetworks", "virtualNetworks/subnets"],
@@ -58,6 +60,7 @@ class Ctx:
     oid: str
     api_version: str
     sub: str = ""
+    check: Callable[["Ctx", Any], None] | None = None  # the body against the SDK's model (schema/arm.py)
 
     @property
     def method(self) -> str:
@@ -70,6 +73,8 @@ class Ctx:
             raise bad_request(f"The request content was invalid and could not be deserialized: '{exc}'.") from None
         if payload is None:
             return {}
+        if self.check is not None:
+            self.check(self, payload)
         if not isinstance(payload, dict):
             raise bad_request("The request content must be a JSON object.")
         return payload
@@ -154,7 +159,7 @@ class ArmService:
             raise ArmError(400, "InvalidApiVersionParameter",
                            f"The api-version '{api_version}' is invalid. The supported versions are "
                            "dates in the form 'yyyy-MM-dd' with an optional '-preview' suffix.")
-        ctx = Ctx(request, self._caller(request), api_version)
+        ctx = Ctx(request, self._caller(request), api_version, check=self._check_body)
         segs = request.segments
         low = [s.lower() for s in segs]
         # Role assignments and definitions may sit at any scope: route them first.
@@ -197,6 +202,18 @@ class ArmService:
             if lrest[2] == "providers" and len(rest) >= 5:
                 return self._provider(ctx, rest[3]).handle_rg(ctx, rg, rest[4:])
         raise ArmError(404, "InvalidResourceType", f"The resource type could not be found for path '{request.path}'.")
+
+    def _check_body(self, ctx: Ctx, payload: Any) -> None:
+        """Refuse a body its operation's azure-mgmt model would not read, as Azure does, and keep the refusal."""
+        op = arm_schema.operation_for(ctx.method, ctx.request.path, ctx.api_version)
+        if op is None:
+            return  # a resource type or api-version no installed SDK describes (virtual networks)
+        try:
+            arm_schema.check(op, payload)
+        except ArmError as exc:
+            self.state.refused(op.operation.name, ctx.request.raw_path, exc.code,
+                               {"target": exc.target, "message": exc.message, "details": exc.details})
+            raise
 
     # ----------------------------------------------------------------- callers and permissions
     def _caller(self, request: Request) -> str:
