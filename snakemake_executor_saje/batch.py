@@ -239,7 +239,7 @@ class BatchGateway:
                 dates.append(pipeline_response.http_response.headers.get("Date") or "")
 
         tasks = list(self.client.list_tasks(job_id, filter=flt, select=POLL_FIELDS, raw_response_hook=first_date))
-        return CompletedTasks(tasks, _http_date(dates[0]) if dates else None)
+        return CompletedTasks(tasks, http_date(dates[0]) if dates else None)
 
     def emulator_clock(self) -> ClockMap:
         """SAJE's emulator only (GET /_saje/clock, on this host): its service clock, time scale
@@ -267,7 +267,7 @@ def _items(metadata: dict[str, str] | None) -> list[models.BatchMetadataItem]:
     return [models.BatchMetadataItem(name=k, value=v) for k, v in (metadata or {}).items()]
 
 
-def _http_date(text: str) -> dt.datetime | None:
+def http_date(text: str) -> dt.datetime | None:
     """An RFC 1123 Date header as an aware datetime; None when absent or malformed."""
     try:
         return email.utils.parsedate_to_datetime(text) if text else None

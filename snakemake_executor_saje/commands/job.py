@@ -173,12 +173,17 @@ def tasks(ctx: Context) -> int:
     paged list call, filtered by Batch where the state is Batch's own."""
     import datetime as dt
 
+    from ..batch import http_date
+
     job_id, wanted = ctx.args.job_id, ctx.args.state
-    ctx.client.get_job(job_id, select=["id"])  # a missing job is exit 3, not an empty list
+    dates: list[str] = []
+    # A missing job is exit 3, not an empty list. Its Date header is the service's time: running
+    # tasks' durations are measured on the service's clock, which need not be this machine's.
+    ctx.client.get_job(job_id, select=["id"], raw_response_hook=lambda r: dates.append(r.http_response.headers.get("Date", "")))
     server_state = "completed" if wanted in ("succeeded", "failed") else wanted
     found = ctx.client.list_tasks(job_id, select=TASK_FIELDS,
                                   filter=f"state eq '{server_state}'" if server_state else None)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = (http_date(dates[0]) if dates else None) or dt.datetime.now(dt.timezone.utc)
     views = [v for v in (task_view(t, now) for t in found) if wanted in (None, "completed") or v["state"] == wanted]
     ctx.out.emit({"job": job_id, "state": wanted, "tasks": views})
     ctx.out.table(f"Tasks of job {job_id}" + (f" ({wanted})" if wanted else ""),

@@ -90,10 +90,14 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     if not rows:
         return Text(f"{title}: {empty}" if title else empty)
     made = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for column in columns:
-        made.add_column(column, overflow="fold")
-    for row in rows:
-        made.add_row(*(fmt_value(v) for v in row))
+    cells = [[fmt_value(v) for v in row] for row in rows]
+    for index, column in enumerate(columns):
+        if index == 0:  # the ids: whole, so they can be read and copied; the other columns give way
+            made.add_column(column, no_wrap=True, min_width=max(len(str(row[0])) for row in cells))
+        else:
+            made.add_column(column, overflow="fold")
+    for row in cells:
+        made.add_row(*row)
     return made
 
 

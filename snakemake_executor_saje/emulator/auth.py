@@ -417,6 +417,8 @@ def ca_bundle(cert: Path, target: Path) -> Path:
         except ImportError:
             system = None
     parts = [system.read_text()] if system is not None else []
+    target.touch(mode=0o600)  # not secret, but the data dir keeps everything private
+    target.chmod(0o600)
     target.write_text("".join([*parts, "\n", cert.read_text()]))
     return target
 

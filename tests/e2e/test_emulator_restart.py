@@ -151,7 +151,8 @@ def test_the_data_dir_is_private(tmp_path):
     try:
         with Emulator(tmp_path / "emu", with_azurite=True, tls=True, **FAST) as emu:
             client = emu.client(connection_verify=str(emu.cert_path))
-            service = BlobServiceClient.from_connection_string(emu.azurite.connection_string)
+            service = BlobServiceClient.from_connection_string(emu.azurite.connection_string,
+                                                               **emu.azurite.client_options)
             service.create_container("inputs")
             service.get_blob_client("inputs", "sub/data.txt").upload_blob(b"x")
             job_id = make_job(client, make_pool(client, dedicated=1))

@@ -258,6 +258,18 @@ def test_table_for_people():
     assert "a-very-long-pool-id-that-should-not-fold" in text and "Jobs: none" in text
 
 
+def test_ids_stay_whole_in_a_narrow_terminal():
+    """An 80-column terminal (or a COLUMNS a parent set) and a wide table: the other columns give
+    way, the id column is never folded (ids are read and copied)."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=80)
+    columns = ["id", "vm size", "state", "allocation", "dedicated", "spot", "autoscale", "slots", "USD/hour"]
+    console.print(output.table("Pools", columns, [["cli-people-031943-54", "standard_d2s_v3", "active", "steady",
+                                                    "1 idle", "-", "no", 1, "0.096 USD"]]))
+    assert "cli-people-031943-54" in console.file.getvalue()
+
+
 # ----------------------------------------------------------------------------- costs
 def test_states_and_billing():
     states = status.states_of(SimpleNamespace(as_dict=lambda: {"idle": 2, "startTaskFailed": 1, "preempted": 3,
