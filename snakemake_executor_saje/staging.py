@@ -36,15 +36,14 @@ from urllib.parse import quote
 
 from azure.batch import models
 from snakemake_interface_common.exceptions import WorkflowError
-from azure.storage.blob import (
-    BlobSasPermissions,
-    BlobServiceClient,
-    ContainerSasPermissions,
-    generate_blob_sas,
-    ContentSettings,
-    ExponentialRetry,
-    generate_container_sas,
-)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobServiceClient
+
+# azure.storage.blob is imported where it is used, not here: this module is imported whenever
+# Snakemake loads its executor plugins, on every `snakemake` start on a machine where SAJE is
+# installed (the emulator's nodes too), and the blob SDK alone takes half a second of CPU.
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +77,8 @@ def client_options() -> dict[str, Any]:
     server closes idle keep-alive connections (Azurite after 5 s), so a request sent on one just
     as it closes meets a reset: one short backoff and a new connection fix that. Throttling still
     gets its retries (1, 3, 5, 9, 17 s, each +/- 0.5 s)."""
+    from azure.storage.blob import ExponentialRetry
+
     return {
         "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=5, random_jitter_range=0.5),
         "connection_timeout": 20,
@@ -189,6 +190,8 @@ class Staging:
         AZURE_STORAGE_CONNECTION_STRING when it names that account (Azurite, an account key),
         else with `credential()` (Entra; default DefaultAzureCredential). A SAS in the URL is
         dropped: the copies a task wrote with it are read with the caller's own rights."""
+        from azure.storage.blob import BlobServiceClient
+
         account_url, _, container = container_url.split("?", 1)[0].rstrip("/").rpartition("/")
         connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         if connection_string:
@@ -229,6 +232,8 @@ class Staging:
     def _sas(self, permission: str, expiry: dt.datetime, blob: str | None = None) -> str:
         """A SAS until `expiry` for one blob (or, blob None, the container), signed with the
         account key, else with a user delegation key."""
+        from azure.storage.blob import BlobSasPermissions, ContainerSasPermissions, generate_blob_sas, generate_container_sas
+
         start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
         signer: dict[str, Any] = ({"account_key": self.account_key} if self.account_key
                                   else {"user_delegation_key": self._delegation_key(expiry)})
@@ -343,6 +348,8 @@ class Staging:
 
     def _upload_input(self, local: Path, signature: tuple[int, int]) -> Staged:
         """One input up, with its MD5 (Content-MD5), which the node's input cache checks it by."""
+        from azure.storage.blob import ContentSettings
+
         blob = input_blob(local.as_posix())
         digest = hashlib.md5()
         with open(local, "rb") as data:
@@ -467,6 +474,8 @@ class Staging:
 def blob_service(account_url: str | None, credential: Any = None) -> tuple[BlobServiceClient, str | None] | None:
     """(service, account key or None) from AZURE_STORAGE_CONNECTION_STRING, else from
     `account_url` with `credential` (DefaultAzureCredential when None); None when neither is set."""
+    from azure.storage.blob import BlobServiceClient
+
     connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
     if connection_string:
         return BlobServiceClient.from_connection_string(connection_string, **client_options()), _key_from_connection_string(connection_string)
