@@ -29,6 +29,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -210,7 +211,12 @@ def run_snakemake(python: str, mode: str, workdir: Path, env: dict[str, str], ar
         argv = py_spy(PROFILE / f"{mode}-snakemake.txt", "--", *argv)
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate()
+    try:
+        out, _ = proc.communicate()
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): the run ends with us
+        proc.kill()
+        proc.wait()
+        raise
     wall = time.monotonic() - started
     (workdir / "snakemake.out").write_text(out)
     data = json.loads(report.read_text()) if report.exists() else {}
@@ -246,6 +252,7 @@ def run_row(row: str, n: int, scratch: Path) -> Result:
 
             python, args, extra = peer_run(emulator, workdir, n)
             env.update(extra)
+            env.pop("PYTHONPATH", None)  # Snakemake would find SAJE's plugin there, which needs azure-batch 15
         else:
             python, args = sys.executable, [*SAJE_FLAGS, "--jobs", str(n), "--quiet", "all"]
             if row == "saje-storage":
@@ -272,7 +279,8 @@ def storage_args(emulator: EmulatorProcess, env: dict[str, str]) -> list[str]:
 
     from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
-    service = BlobServiceClient.from_connection_string(env["AZURITE_CONNECTION_STRING"])
+    service = BlobServiceClient.from_connection_string(  # HTTPS with the emulator's certificate under --tls
+        env["AZURITE_CONNECTION_STRING"], connection_verify=env.get("REQUESTS_CA_BUNDLE") or True)
     container = service.get_container_client(STORAGE_CONTAINER)
     if not container.exists():
         container.create_container()
@@ -356,6 +364,8 @@ def main() -> int:
     if PROFILE is not None:
         PROFILE.mkdir(parents=True, exist_ok=True)
     become_subreaper()
+    # SIGTERM unwinds like Ctrl-C, so the running Snakemake and emulator are stopped (finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.path.insert(0, str(HERE))
     results, every = [], []
     with tempfile.TemporaryDirectory(prefix="saje-compare-") as tmp:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -113,6 +114,7 @@ def main() -> int:
     parser.add_argument("--mb", type=float, default=500, help="size of the shared input in MB (10^6 bytes)")
     parser.add_argument("--nodes", type=int, default=4)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: Snakemake and the emulator are stopped
     size = int(args.mb * 1_000_000)
     with tempfile.TemporaryDirectory(prefix="saje-shared-") as tmp:
         work = Path(tmp) / "wf"

@@ -20,7 +20,9 @@ import os
 import resource
 import sys
 
-UPLOAD = ('curl -sfS -X PUT -H "x-ms-blob-type: BlockBlob" --data-binary @out/{i}.txt '
+# -k: the stand-in upload to the emulator's Azurite on loopback, which serves HTTPS with the
+# emulator's own certificate under --tls (the peer's row); the peer's container does not carry it.
+UPLOAD = ('curl -sfSk -X PUT -H "x-ms-blob-type: BlockBlob" --data-binary @out/{i}.txt '
           '"$BENCH_BLOB_URL/{prefix}/out/{i}.txt?$BENCH_SAS" > /dev/null')
 
 

@@ -7,6 +7,9 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -104,3 +107,18 @@ def test_a_refused_read_with_an_expired_sas_says_when_it_expired(tmp_path, serve
     with pytest.raises(node_cache.CacheError) as err:  # not expired: no such guess
         node_cache.fetch([_item(server.url.replace("sv=x", "sv=x&se=2999-01-01T00%3A00%3A00Z"))], env, tmp_path / "task")
     assert "expired" not in str(err.value)
+
+
+def test_it_runs_on_a_node_without_saje_from_a_lone_copy_with_the_standard_library_only(tmp_path, server):
+    """On a Batch node only the task's files, Snakemake and standard tools exist: the file arrives
+    alone (job preparation task) and must run from there with no site-packages (-S) at all."""
+    lone = tmp_path / "prep" / "node_cache.py"
+    lone.parent.mkdir()
+    shutil.copy(node_cache.__file__, lone)
+    workdir = tmp_path / "task"
+    workdir.mkdir()
+    env = {"PATH": os.environ["PATH"], "AZ_BATCH_JOB_PREP_DIR": str(tmp_path / "prep"),
+           node_cache.INPUTS_ENV: json.dumps([_item(server.url)])}
+    run = subprocess.run([sys.executable, "-I", "-S", str(lone)], cwd=workdir, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (workdir / "ref/genome.fa").read_bytes() == BODY and server.gets == 1
