@@ -40,7 +40,7 @@ rule use:
 
 
 class CountingProxy:
-    """Forwards TCP to Azurite; counts the response bytes of each request by its path."""
+    """Forwards TCP to Azurite; counts the response body bytes of each request by its path."""
 
     def __init__(self, upstream: tuple[str, int]):
         self.upstream = upstream
@@ -84,13 +84,22 @@ class CountingProxy:
             sock.close()
 
     def _answer(self, upstream: socket.socket, client: socket.socket, current: dict) -> None:
+        """Forward the answers; count their bodies only (what a blob read moves), not their headers."""
+        in_headers = False
         while True:
             try:
                 chunk = upstream.recv(1 << 16)
                 if not chunk:
                     break
+                body = chunk
+                if chunk.startswith(b"HTTP/1."):
+                    in_headers = True
+                if in_headers:
+                    head_end = chunk.find(b"\r\n\r\n")
+                    body = b"" if head_end < 0 else chunk[head_end + 4:]
+                    in_headers = head_end < 0
                 with self._lock:
-                    self.bytes[current["path"]] += len(chunk)
+                    self.bytes[current["path"]] += len(body)
                 client.sendall(chunk)
             except OSError:
                 break
@@ -100,7 +109,7 @@ class CountingProxy:
             pass
 
     def read(self, part: str) -> int:
-        """Bytes answered to GETs of blobs whose path contains `part`."""
+        """Body bytes answered to GETs of blobs whose path contains `part`."""
         with self._lock:
             return sum(v for k, v in self.bytes.items() if k.startswith("GET ") and part in k)
 
