@@ -42,8 +42,8 @@ from .staging import NO_LIMIT_LIFETIME, SOURCES_NAME, Staging, node_path, sas_li
 
 LOG_DIR = Path(".snakemake") / "saje_logs"
 # A task that completed just before a listing may show up only in the next one (listings are
-# eventually consistent), so each poll reaches back this far before the previous one, on the
-# service's clock.
+# eventually consistent), so each poll reaches back this far before the previous one: real time,
+# times the time scale on an emulator's clock (Executor._completion_margin).
 COMPLETION_MARGIN = dt.timedelta(seconds=30)
 POOL_CHECK_SECONDS = 20.0
 DOWNLOAD_CONCURRENCY = 8
@@ -111,6 +111,9 @@ class Executor(RemoteExecutor):
         # Batch job id -> the service's clock at the last successful poll (its Date header): the
         # next poll lists tasks completed since then, less COMPLETION_MARGIN, on the service's clock.
         self.polled_at: dict[str, dt.datetime] = {}
+        # The emulator's service clock against ours: asked once, again after a failed poll (an
+        # emulator restarted from its state directory has a clock of its own).
+        self.emulator_clock: ClockMap | None = None
         self.downloads = Downloads(DOWNLOAD_CONCURRENCY)
         self.shared_inputs = InputUse(self.workflow.dag)
         self.preparation = None
@@ -565,7 +568,7 @@ class Executor(RemoteExecutor):
                 started = time.monotonic()
                 try:
                     since = self.polled_at.get(job_id)
-                    answer = self.batch.completed_since(job_id, since - COMPLETION_MARGIN if since else None)
+                    answer = self.batch.completed_since(job_id, since - self._completion_margin() if since else None)
                 except AzureError as exc:  # a refused connection too: the service may be restarting
                     verdict = self._status_failure(exc, started)
                     if verdict is None:  # transient, and not for long yet: ask again next poll
@@ -617,15 +620,25 @@ class Executor(RemoteExecutor):
             if info.external_jobid not in reported:
                 yield info
 
+    def _completion_margin(self) -> dt.timedelta:
+        """How far back a poll reaches, on the service's clock. The margin covers delays in real
+        time (a completion stamped before it shows in listings), which pass `scale` times faster
+        on a time-scaled emulator's clock: 30 s there is 0.1 s of real time at scale 300."""
+        clock = self._emulator_clock()
+        return COMPLETION_MARGIN * (clock.scale if clock is not None else 1)
+
+    def _emulator_clock(self) -> ClockMap | None:
+        if self.emulated and self.emulator_clock is None:
+            try:
+                self.emulator_clock = self.batch.emulator_clock()
+            except (AzureError, KeyError, ValueError):
+                pass
+        return self.emulator_clock
+
     def _map_service_clock(self, polled: dict[str, dt.datetime | None]) -> None:
         """Tell the run's record how Batch's clock maps onto ours: the emulator says it, time
         scale included; Azure's is read from the poll's Date header (its skew from ours)."""
-        mapping = None
-        if self.emulated:
-            try:
-                mapping = self.batch.emulator_clock()
-            except (AzureError, KeyError, ValueError):
-                mapping = None
+        mapping = self._emulator_clock()
         if mapping is None:
             times = [t for t in polled.values() if t is not None]
             if not times:
@@ -644,6 +657,7 @@ class Executor(RemoteExecutor):
         found = diagnose(exc)
         if found.transient:
             self.trouble_since = self.trouble_since or started
+            self.emulator_clock = None
             if time.monotonic() - self.trouble_since < self.patience.seconds:
                 return None
         message = "SAJE: " + found.explain(self._patience_minutes)

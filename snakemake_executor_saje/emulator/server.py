@@ -190,11 +190,19 @@ def make_handler(frontend: Frontend, tls: bool) -> type[BaseHTTPRequestHandler]:
             log.debug("%s %s", self.address_string(), format % args)
 
         def date_time_string(self, timestamp=None) -> str:
-            """The Date header is the service's clock (time-scaled or not), as on Azure."""
+            """The Date header is the service's clock (time-scaled or not), as on Azure, read when
+            the request arrived: whatever a listing leaves out changed after that time, so a client
+            that lists what changed since the last answer's Date misses nothing (a time taken
+            after the listing's snapshot could pass a task that completed between the two)."""
+            arrived = getattr(self, "arrived", None)
+            if arrived is not None and timestamp is None:
+                return rfc1123(arrived)
             state = frontend.state
             return rfc1123(state.clock.now()) if state is not None and timestamp is None else super().date_time_string(timestamp)
 
         def _handle(self) -> None:
+            state = frontend.state
+            self.arrived = state.clock.now() if state is not None else None
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             request = Request.from_target(self.command, self.path, Headers(dict(self.headers.items())), body, tls=tls)

@@ -33,6 +33,23 @@ def test_timestamps_and_date_header_come_from_the_scaled_clock(batch_client, job
     assert gateway.completed_since(job, answer.service_time + timedelta(hours=1)).tasks == []
 
 
+def test_the_date_header_is_the_time_the_request_arrived(batch_client, job, emulator):
+    """A listing's Date is read before its snapshot, not after: a task that completes while a slow
+    answer is made then has a later timestamp than that Date, and the next poll (tasks completed
+    since the last Date) finds it. A Date read when the answer is sent would pass it by."""
+    gateway = BatchGateway(batch_client)
+    before = emulator.state.clock.now()
+    emulator.state.faults.update(slow_seconds=1.0)  # one real second is ten minutes at 600x
+    try:
+        answer = gateway.completed_since(job, None)
+    finally:
+        emulator.state.faults.reset()
+    after = emulator.state.clock.now()
+    assert answer.service_time is not None
+    assert answer.service_time - before < timedelta(seconds=TIME_SCALE * 0.5)  # arrival, not a second later
+    assert after - answer.service_time > timedelta(seconds=TIME_SCALE * 0.5)
+
+
 FEW = """
 rule all:
     input: expand("out_{i}.txt", i=range(3))
