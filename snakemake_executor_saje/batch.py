@@ -232,14 +232,9 @@ class BatchGateway:
         flt = "state eq 'completed'"
         if since is not None:
             flt += f" and stateTransitionTime ge DateTime'{since.astimezone(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}'"
-        dates: list[str] = []
-
-        def first_date(pipeline_response: Any) -> None:
-            if not dates:
-                dates.append(pipeline_response.http_response.headers.get("Date") or "")
-
-        tasks = list(self.client.list_tasks(job_id, filter=flt, select=POLL_FIELDS, raw_response_hook=first_date))
-        return CompletedTasks(tasks, http_date(dates[0]) if dates else None)
+        date = ServiceDate()
+        tasks = list(self.client.list_tasks(job_id, filter=flt, select=POLL_FIELDS, raw_response_hook=date))
+        return CompletedTasks(tasks, date.value)
 
     def emulator_clock(self) -> ClockMap:
         """SAJE's emulator only (GET /_saje/clock, on this host): its service clock, time scale
@@ -265,6 +260,21 @@ class BatchGateway:
 
 def _items(metadata: dict[str, str] | None) -> list[models.BatchMetadataItem]:
     return [models.BatchMetadataItem(name=k, value=v) for k, v in (metadata or {}).items()]
+
+
+class ServiceDate:
+    """A `raw_response_hook` that keeps the service's time from the first answer's Date header
+    (the first page of a listing): Azure's clock need not be this machine's, nor is a time-scaled
+    emulator's."""
+
+    def __init__(self) -> None:
+        self.value: dt.datetime | None = None
+        self._seen = False
+
+    def __call__(self, pipeline_response: Any) -> None:
+        if not self._seen:
+            self._seen = True
+            self.value = http_date(pipeline_response.http_response.headers.get("Date") or "")
 
 
 def http_date(text: str) -> dt.datetime | None:

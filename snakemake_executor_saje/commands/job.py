@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ TASK_STATES = ("active", "preparing", "running", "completed", "succeeded", "fail
 TASK_FIELDS = ["id", "state", "nodeInfo", "executionInfo"]
 
 
-def task_view(task: Any, now: "dt.datetime") -> dict[str, Any]:
+def task_view(task: Any, now: dt.datetime) -> dict[str, Any]:
     """One task as `job tasks` shows it: a completed task's state is succeeded or failed; the
     duration runs from its start to its end (to `now` while it runs)."""
     from ..batch import outcome_of
@@ -171,19 +172,17 @@ class _LogCopies:
 def tasks(ctx: Context) -> int:
     """Every task of a job (or those in one --state) with its node, exit code and duration: one
     paged list call, filtered by Batch where the state is Batch's own."""
-    import datetime as dt
-
-    from ..batch import http_date
+    from ..batch import ServiceDate
 
     job_id, wanted = ctx.args.job_id, ctx.args.state
-    dates: list[str] = []
+    date = ServiceDate()
     # A missing job is exit 3, not an empty list. Its Date header is the service's time: running
     # tasks' durations are measured on the service's clock, which need not be this machine's.
-    ctx.client.get_job(job_id, select=["id"], raw_response_hook=lambda r: dates.append(r.http_response.headers.get("Date", "")))
+    ctx.client.get_job(job_id, select=["id"], raw_response_hook=date)
     server_state = "completed" if wanted in ("succeeded", "failed") else wanted
     found = ctx.client.list_tasks(job_id, select=TASK_FIELDS,
                                   filter=f"state eq '{server_state}'" if server_state else None)
-    now = (http_date(dates[0]) if dates else None) or dt.datetime.now(dt.timezone.utc)
+    now = date.value or dt.datetime.now(dt.timezone.utc)
     views = [v for v in (task_view(t, now) for t in found) if wanted in (None, "completed") or v["state"] == wanted]
     ctx.out.emit({"job": job_id, "state": wanted, "tasks": views})
     ctx.out.table(f"Tasks of job {job_id}" + (f" ({wanted})" if wanted else ""),
