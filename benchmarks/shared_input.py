@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from compare import EmulatorProcess, run_snakemake  # noqa: E402
+from tests.e2e.blob_proxy import BlobProxy  # noqa: E402
 
 SNAKEFILE = """\
 rule all:
@@ -37,84 +35,6 @@ rule use:
     output: "out/{{i}}.txt"
     shell: "mkdir -p out && stat -c %s {{input.ref}} > {{output}} && cat {{input.own}} >> {{output}}"
 """
-
-
-class CountingProxy:
-    """Forwards TCP to Azurite; counts the response body bytes of each request by its path."""
-
-    def __init__(self, upstream: tuple[str, int]):
-        self.upstream = upstream
-        self.bytes: Counter[str] = Counter()
-        self.requests: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(self.upstream)
-        current = {"path": ""}
-        threading.Thread(target=self._answer, args=(upstream, client, current), daemon=True).start()
-        while True:
-            try:
-                chunk = client.recv(1 << 16)
-            except OSError:
-                break
-            if not chunk:
-                break
-            line = chunk.split(b"\r\n", 1)[0].decode("latin-1")
-            method = line.split(" ", 1)[0]
-            if method in ("GET", "PUT", "HEAD", "DELETE", "POST"):
-                current["path"] = f"{method} {line.split(' ')[1].split('?')[0]}"
-                with self._lock:
-                    self.requests[current["path"]] += 1
-            try:
-                upstream.sendall(chunk)
-            except OSError:
-                break
-        for sock in (client, upstream):
-            sock.close()
-
-    def _answer(self, upstream: socket.socket, client: socket.socket, current: dict) -> None:
-        """Forward the answers; count their bodies only (what a blob read moves), not their headers."""
-        in_headers = False
-        while True:
-            try:
-                chunk = upstream.recv(1 << 16)
-                if not chunk:
-                    break
-                body = chunk
-                if chunk.startswith(b"HTTP/1."):
-                    in_headers = True
-                if in_headers:
-                    head_end = chunk.find(b"\r\n\r\n")
-                    body = b"" if head_end < 0 else chunk[head_end + 4:]
-                    in_headers = head_end < 0
-                with self._lock:
-                    self.bytes[current["path"]] += len(body)
-                client.sendall(chunk)
-            except OSError:
-                break
-        try:
-            client.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def read(self, part: str) -> int:
-        """Body bytes answered to GETs of blobs whose path contains `part`."""
-        with self._lock:
-            return sum(v for k, v in self.bytes.items() if k.startswith("GET ") and part in k)
-
-    def close(self) -> None:
-        self.server.close()
 
 
 def main() -> int:
@@ -138,9 +58,9 @@ def main() -> int:
         emulator = EmulatorProcess(Path(tmp) / "emulator")
         try:
             host, port = emulator.env["AZURE_STORAGE_CONNECTION_STRING"].split("BlobEndpoint=http://")[1].split("/")[0].split(":")
-            proxy = CountingProxy((host, int(port)))
+            proxy = BlobProxy((host, int(port)))
             env = {k: v for k, v in os.environ.items() if not k.startswith(("SNAKEMAKE_SAJE_", "AZURE", "AZURITE"))}
-            env.update({k: v.replace(f":{port}/", f":{proxy.port}/") for k, v in emulator.env.items()})
+            env.update(proxy.environment(emulator.env, int(port)))
             started = time.monotonic()
             ok, wall, cpu, _ = run_snakemake(sys.executable, "saje-shared", work, env, [
                 "--executor", "saje", "--jobs", str(args.tasks), "--latency-wait", "5", "--quiet", "all",
