@@ -5,7 +5,9 @@
     .venv/bin/python benchmarks/compare.py --runs 3 --peer-runs 1 --n 1000 --n 10000  # the table of docs/performance.md
 
 The workflow: N independent jobs, each `mkdir -p out && echo I > out/I.txt`, and a local `all`.
-Locally Snakemake runs that line itself (`--cores 2`); the remote rows run it as the job's command
+Locally Snakemake runs that line itself (`--cores 2`); every row uses `--scheduler greedy`: Snakemake's
+default ILP scheduler costs 3-4 times the CPU of the whole local run at N=1,000 and would measure
+the scheduler, not the executors; the remote rows run it as the job's command
 on the emulator's nodes (snakemake_child.py says how and why), so no side is favoured:
 - saje: SAJE's own data route (no default storage: SAJE stages sources, brings outputs back);
 - saje-storage: SAJE with `--default-storage-provider azure` on the emulator's Azurite;
@@ -130,6 +132,9 @@ class EmulatorProcess:
     """`saje emulator start --with-azurite` in a child process; its client environment."""
 
     def __init__(self, data_dir: Path, *, tls: bool = False):
+        # A fresh service each time: a data directory kept from an earlier run restores its Batch
+        # state and its Azurite blobs, and Snakemake would find that run's outputs in storage.
+        shutil.rmtree(data_dir, ignore_errors=True)
         argv = [str(VENV_BIN / "saje"), "emulator", "start", "--with-azurite", "--data-dir", str(data_dir),
                 "--node-boot-seconds", "0.2", "--time-scale", str(TIME_SCALE), *(["--tls"] if tls else [])]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -199,8 +204,11 @@ PROFILE: Path | None = None  # --profile: py-spy samples the emulator and Snakem
 
 
 def py_spy(output: Path, *target: str) -> list[str]:
-    """py-spy's collapsed stacks of a process (--pid PID) or a command (-- ARGV), 100 samples/s."""
-    return [str(VENV_BIN / "py-spy"), "record", "--format", "raw", "--rate", "100", "--output", str(output), *target]
+    """py-spy's collapsed stacks of a process (--pid PID) or a command (-- ARGV), 100 samples/s.
+
+    Only the thread holding the GIL is sampled (--gil): py-spy's idle detection takes threads
+    blocked on a lock or a queue for busy on this VM, so without it the stacks are wall time."""
+    return [str(VENV_BIN / "py-spy"), "record", "--gil", "--format", "raw", "--rate", "100", "--output", str(output), *target]
 
 
 def run_snakemake(python: str, mode: str, workdir: Path, env: dict[str, str], args: list[str]) -> tuple[bool, float, float, dict]:
@@ -233,7 +241,7 @@ def run_row(row: str, n: int, scratch: Path) -> Result:
     if row == "local":
         before = children_cpu()
         ok, wall, own, data = run_snakemake(sys.executable, "local", workdir, base_env,
-                                            ["--cores", "2", "--quiet", "all"])
+                                            ["--cores", "2", "--scheduler", "greedy", "--quiet", "all"])
         total = children_cpu() - before
         return Result(row, n, ok and _outputs(workdir, n), wall, total, own, data.get("peak_rss_mib", 0.0), load=load)
     before = children_cpu()
