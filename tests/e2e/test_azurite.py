@@ -4,9 +4,11 @@ Needs Azurite from `npm install` in the repository; without it the fixture fails
 """
 from __future__ import annotations
 
+import http.client
 import http.server
 import os
 import re
+import socket
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +23,7 @@ from azure.storage.blob import (
     generate_container_sas,
 )
 
+from snakemake_executor_saje.emulator import blobio
 from snakemake_executor_saje.emulator.azurite import Azurite
 from snakemake_executor_saje.emulator.blobio import (
     AutoStorage,
@@ -331,6 +334,33 @@ def test_upload_headers_are_applied(store: Azurite, outputs: ContainerClient, pr
     props = outputs.get_blob_client("x.csv").get_blob_properties()
     assert props.content_settings.content_type == "text/csv"
     assert props.metadata == {"producer": "saje"}
+
+
+def test_small_outputs_go_up_as_one_put_on_a_kept_connection_even_after_the_server_closed_it(
+        store: Azurite, outputs: ContainerClient, produced, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node agent's plain Put Blob (blobio._plain_put), not the SDK's pipeline: a kept
+    connection the storage service has closed in the meantime is replaced, not a failure."""
+    wd, task_dir = produced
+    monkeypatch.setattr(blobio, "_put", lambda *a, **k: pytest.fail("the SDK's path was taken"))
+    url = write_only(store, outputs)
+    netloc = url.split("/")[2]
+    stale = http.client.HTTPConnection(netloc)
+    ours, theirs = socket.socketpair()
+    theirs.close()  # as Azurite closes a kept-alive connection after 5 idle seconds
+    stale.sock = ours
+    monkeypatch.setitem(blobio._PLAIN_CONNECTIONS, netloc, [stale])
+    assert upload_output_files([output("a.txt", url), output("b.txt", url)], wd, task_dir, exit_code=0, failed=False) == []
+    assert contents(outputs) == {"a.txt": (wd / "a.txt").read_bytes(), "b.txt": (wd / "b.txt").read_bytes()}
+    assert len(blobio._PLAIN_CONNECTIONS[netloc]) == 1  # one connection, kept for the next task
+
+
+def test_a_large_output_goes_up_through_the_sdk(store: Azurite, outputs: ContainerClient, produced,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    wd, task_dir = produced
+    monkeypatch.setattr(blobio, "_PLAIN_PUT_LIMIT", 0)  # a.txt (1 byte) is over it
+    monkeypatch.setattr(blobio, "_plain_connection", lambda netloc: pytest.fail("a plain Put Blob was sent"))
+    assert upload_output_files([output("a.txt", write_only(store, outputs))], wd, task_dir, exit_code=0, failed=False) == []
+    assert contents(outputs) == {"a.txt": (wd / "a.txt").read_bytes()}
 
 
 def test_bad_sas_gives_file_upload_access_denied(store: Azurite, outputs: ContainerClient, produced) -> None:
