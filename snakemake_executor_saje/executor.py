@@ -67,6 +67,9 @@ LINK_SOURCES = f"{{ cp -al --remove-destination {_PREPARED} . 2>/dev/null || cp 
 # Above this the expectations go as a file: one environment string must stay well under Linux's 128 KiB.
 INLINE_EXPECT_LIMIT = 64 * 1024
 LOG_TAIL_LINES = 20
+# Ready jobs mapped and submitted at a time (five create_tasks requests of 100): bounds the memory
+# the task requests take, whatever the number of jobs Snakemake hands over at once.
+SUBMIT_CHUNK = 500
 
 
 @dataclass
@@ -161,7 +164,13 @@ class Executor(RemoteExecutor):
         self.run_jobs([job])
 
     def run_jobs(self, jobs: List[JobExecutorInterface]) -> None:
-        """Map every ready job, then create all their tasks with create_tasks (100 per request)."""
+        """Map the ready jobs and create their tasks, SUBMIT_CHUNK jobs at a time: a task request
+        is about 7 KB of SDK models, which for a 10,000-job fan-out would be 70 MB held at once."""
+        for start in range(0, len(jobs), SUBMIT_CHUNK):
+            self._run_chunk(jobs[start:start + SUBMIT_CHUNK])
+
+    def _run_chunk(self, jobs: List[JobExecutorInterface]) -> None:
+        """Map every job, then create all their tasks with create_tasks (100 per request)."""
         specs = {id(job): mapping.job_spec_from_job(job, "") for job in jobs}
         self._note_slurm_resources(list(specs.values()))
         by_use: dict[str, list] = {}

@@ -153,3 +153,16 @@ def test_expectations_too_large_for_one_variable_go_as_a_file(monkeypatch):
     assert value == node_check.FILE_PREFIX + executor.NODE_EXPECT_PATH
     assert files == [("tasks/total-1-a1/expected.txt", executor.NODE_EXPECT_PATH)]
     assert node_check.decode(uploads["tasks/total-1-a1/expected.txt"].decode()) == node_check.decode(inline)
+
+
+def test_ready_jobs_are_mapped_and_submitted_a_chunk_at_a_time():
+    """10,000 ready jobs' task requests (about 7 KB of SDK models each) are never all held at once."""
+    from snakemake_executor_saje import executor
+
+    chunks = []
+    ex = executor.Executor.__new__(executor.Executor)
+    ex._run_chunk = lambda jobs: chunks.append(list(jobs))
+    jobs = list(range(2 * executor.SUBMIT_CHUNK + 1))
+    ex.run_jobs(jobs)
+    assert [len(c) for c in chunks] == [executor.SUBMIT_CHUNK, executor.SUBMIT_CHUNK, 1]
+    assert [j for c in chunks for j in c] == jobs  # every job once, in Snakemake's order
