@@ -102,7 +102,7 @@ def peer_run(emulator, workdir: Path, n: int) -> tuple[str, list[str], dict[str,
                                  "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
     extra["BENCH_ARM_ENDPOINT"] = url
     args = [
-        "--executor", "azure-batch", "--jobs", str(n), "--latency-wait", "5", "--quiet", "all",
+        "--executor", "azure-batch", "--scheduler", "greedy", "--jobs", str(n), "--latency-wait", "5", "--quiet", "all",
         "--azure-batch-account-url", url, "--azure-batch-subscription-id", SUBSCRIPTION,
         "--azure-batch-resource-group-name", GROUP, "--azure-batch-managed-identity-resource-id", IDENTITY,
         "--azure-batch-pool-vm-size", "Standard_D2s_v5", "--azure-batch-pool-node-count", "10",
