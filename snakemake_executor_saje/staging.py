@@ -458,11 +458,8 @@ class Staging:
             stream = container.download_blob(name)
         except ResourceNotFoundError:
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.saje-partial")
-        with open(partial, "wb") as out:
+        with _replacing(target) as out:
             size = stream.readinto(out)
-        os.replace(partial, target)
         self._count(0, size)
         return True
 
@@ -474,9 +471,10 @@ class Staging:
         policy and errors apply. requests honours the proxy and CA variables as the SDK does."""
         import requests
 
-        try:
+        with self._lock:  # one session (one connection pool) for every download thread
             if self._session is None:
                 self._session = requests.Session()
+        try:
             answer = self._session.get(f"{self.container_url}/{quote(name)}?{self._read_sas()}", stream=True,
                                        timeout=(20, 60))
         except Exception:  # noqa: BLE001 - the SDK's path decides what a failure is; its URL holds a SAS
@@ -485,21 +483,16 @@ class Staging:
             expected = answer.headers.get("Content-Length")
             if answer.status_code != 200 or expected is None:
                 return False
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.saje-partial")
             size = 0
             try:
-                with open(partial, "wb") as out:
+                with _replacing(target) as out:
                     for chunk in answer.iter_content(1 << 20):
                         out.write(chunk)
                         size += len(chunk)
-            except (OSError, requests.RequestException):
-                partial.unlink(missing_ok=True)
+                    if size != int(expected):
+                        raise _ShortRead
+            except (OSError, requests.RequestException, _ShortRead):
                 return False
-            if size != int(expected):
-                partial.unlink(missing_ok=True)
-                return False
-            os.replace(partial, target)
         self._count(0, size)
         return True
 
@@ -523,6 +516,25 @@ class Staging:
             self.service.delete_container(self.container)
         except ResourceNotFoundError:
             pass
+
+
+class _ShortRead(Exception):
+    """A plain read ended before its Content-Length."""
+
+
+@contextmanager
+def _replacing(target: Path) -> Iterator[Any]:
+    """A file to write `target` through a temporary name: put in place when the block ends,
+    removed when it raises, so a half-written file is never taken for the output."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.saje-partial")
+    try:
+        with open(partial, "wb") as out:
+            yield out
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, target)
 
 
 def blob_service(account_url: str | None, credential: Any = None) -> tuple[BlobServiceClient, str | None] | None:
