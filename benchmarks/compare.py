@@ -5,10 +5,10 @@
     .venv/bin/python benchmarks/compare.py --runs 3 --peer-runs 1 --n 1000 --n 10000  # the table of docs/performance.md
 
 The workflow: N independent jobs, each `mkdir -p out && echo I > out/I.txt`, and a local `all`.
-Locally Snakemake runs that line itself (`--cores 2`); every row uses `--scheduler greedy`: Snakemake's
-default ILP scheduler costs 3-4 times the CPU of the whole local run at N=1,000 and would measure
-the scheduler, not the executors; the remote rows run it as the job's command
-on the emulator's nodes (snakemake_child.py says how and why), so no side is favoured:
+Locally Snakemake runs that line itself (`--cores 2`); the remote rows run it as the job's command
+on the emulator's nodes (snakemake_child.py says how and why), so no side is favoured. Every row
+uses `--scheduler greedy`: Snakemake's default ILP scheduler costs 3-4 times the CPU of the whole
+local run at N=1,000 and would measure the scheduler, not the executors. The remote rows:
 - saje: SAJE's own data route (no default storage: SAJE stages sources, brings outputs back);
 - saje-storage: SAJE with `--default-storage-provider azure` on the emulator's Azurite;
 - peer: snakemake-executor-plugin-azure-batch from PyPI in its own virtualenv (peer.py).

@@ -112,7 +112,7 @@ class Executor(RemoteExecutor):
         self.staging: Staging | None = None
         self.shipped_sources: frozenset[str] = frozenset()  # what the source archive holds
         # Batch job id -> the service's clock at the last successful poll (its Date header): the
-        # next poll lists tasks completed since then, less COMPLETION_MARGIN, on the service's clock.
+        # next poll lists tasks completed since then, less the completion margin (_completion_margin).
         self.polled_at: dict[str, dt.datetime] = {}
         # The emulator's service clock against ours: asked once, again after a failed poll (an
         # emulator restarted from its state directory has a clock of its own).

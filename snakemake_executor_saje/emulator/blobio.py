@@ -483,10 +483,10 @@ def _plain_put(container_url: str, name: str, path: Path, headers: Mapping[str, 
     if parts.scheme != "http" or not parts.query or not parts.netloc:
         return False
     try:
-        data = path.read_bytes() if path.stat().st_size <= _PLAIN_PUT_LIMIT else None
+        if path.stat().st_size > _PLAIN_PUT_LIMIT:
+            return False
+        data = path.read_bytes()
     except OSError:
-        return False
-    if data is None:
         return False
     target = f"{parts.path.rstrip('/')}/{quote(name, safe='/~')}?{parts.query}"
     request_headers = {**headers, "x-ms-blob-type": "BlockBlob", "x-ms-version": STORAGE_API_VERSION,

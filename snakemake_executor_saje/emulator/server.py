@@ -194,11 +194,11 @@ def make_handler(frontend: Frontend, tls: bool) -> type[BaseHTTPRequestHandler]:
             the request arrived: whatever a listing leaves out changed after that time, so a client
             that lists what changed since the last answer's Date misses nothing (a time taken
             after the listing's snapshot could pass a task that completed between the two)."""
-            arrived = getattr(self, "arrived", None)
-            if arrived is not None and timestamp is None:
-                return rfc1123(arrived)
-            state = frontend.state
-            return rfc1123(state.clock.now()) if state is not None and timestamp is None else super().date_time_string(timestamp)
+            if timestamp is not None or frontend.state is None:
+                return super().date_time_string(timestamp)
+            # Taken, not read: the next request on a kept-alive connection may fail before _handle.
+            arrived = self.__dict__.pop("arrived", None)
+            return rfc1123(arrived or frontend.state.clock.now())
 
         def _handle(self) -> None:
             state = frontend.state
