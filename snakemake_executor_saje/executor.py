@@ -38,7 +38,7 @@ from .downloads import Downloads
 from .poolwatch import PoolWatch, StartTaskFailure
 from .readable import minutes
 from .resilience import Patience, diagnose
-from .staging import NO_LIMIT_LIFETIME, SOURCES_NAME, Staging, node_path, sas_lifetime, under, write_source_archive
+from .staging import NO_LIMIT_LIFETIME, SOURCES_NAME, Staging, node_path, sas_lifetime, under
 
 LOG_DIR = Path(".snakemake") / "saje_logs"
 # A task that completed just before a listing may show up only in the next one (listings are
@@ -510,7 +510,7 @@ class Executor(RemoteExecutor):
         self.observer.staging = self.staging
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / SOURCES_NAME
-            write_source_archive(self.workflow, archive)
+            sources.write_source_archive(self.workflow, archive, self.logger.warning)
             self.shipped_sources = sources.archive_members(archive)
             self.staging.upload_sources(archive)
         self.staging.upload_file(Path(node_check.__file__), NODE_CHECK_BLOB)

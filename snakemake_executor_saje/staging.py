@@ -627,60 +627,6 @@ def node_path(local: str, *, local_prefix: Path, node_prefix: Path) -> str:
     return (node_prefix / Path(local).relative_to(local_prefix)).as_posix()
 
 
-def write_source_archive(workflow: Any, archive: Path) -> None:
-    """Snakemake's source archive of the workflow, with two git file-name cases made clear.
-
-    Snakemake lists git-tracked files with `git ls-files`, which quotes "unusual" names, and adds
-    them as printed. Non-ASCII names (`données.csv`) are unusual only under git's default
-    core.quotePath, turned off here for this call; names with `"`, `\\` or control characters
-    are always quoted, and are refused with their names and what to do.
-    """
-    try:
-        with _git_config("core.quotePath", "false"):
-            workflow.write_source_archive(archive)
-    except OSError:
-        odd = _unquotable_git_names()
-        if not odd:
-            raise
-        raise StagingError(
-            "SAJE cannot put the workflow's git-tracked files into the source archive the jobs run from: "
-            f"Snakemake cannot read these names back from git ({len(odd)}): {', '.join(map(repr, odd[:5]))}"
-            + (" ..." if len(odd) > 5 else "")
-            + ". Names with '\"', '\\' or control characters are quoted by git. Rename them (git mv) or stop "
-            "tracking them (git rm --cached)."
-        ) from None
-
-
-@contextmanager
-def _git_config(key: str, value: str) -> Iterator[None]:
-    """A git setting for the git commands this process starts meanwhile (GIT_CONFIG_COUNT/KEY/VALUE)."""
-    count = int(os.environ.get("GIT_CONFIG_COUNT") or 0)
-    names = ("GIT_CONFIG_COUNT", f"GIT_CONFIG_KEY_{count}", f"GIT_CONFIG_VALUE_{count}")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(zip(names, (str(count + 1), key, value)))
-    try:
-        yield
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
-
-
-def _unquotable_git_names() -> list[str]:
-    """Tracked names git always quotes in `ls-files` output, from its NUL-separated form."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "ls-files", "-z", "--recurse-submodules", "."], capture_output=True,
-                             check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return []
-    names = [n.decode(errors="replace") for n in out.split(b"\0") if n]
-    return [n for n in names if '"' in n or "\\" in n or any(ord(c) < 32 or ord(c) == 127 for c in n)]
-
-
 def under(directory: str, files: Iterable[models.ResourceFile]) -> list[models.ResourceFile]:
     """The same resource files with their paths under `directory`: e.g. an MPI task's
     commonResourceFiles, which Batch downloads on every node into the task's root directory
