@@ -1110,6 +1110,28 @@ def _shape_of_existing(pool, pool_class: pools.PoolClass) -> mapping.PoolShape:
 
 
 _RULE_OUTPUT_ENDS = ("RuleException", "Error in rule ", "Traceback (most recent call last)")
+# Launcher lines that healthy runs print too, so they never say why a task failed: Open MPI's
+# ssh launcher warning when it cannot put its ssh child in a process group of its own, and
+# ssh's note on a host key it has just learnt. A long digest leaves them out before any other.
+_LAUNCHER_NOISE = re.compile(r"plm:ssh: Warning: setpgid\(|^Warning: Permanently added .* to the list of known hosts")
+
+
+def _shortened(said: list[str], keep: int) -> list[str]:
+    """At most `keep` lines of what the ranks and the launcher said: the launcher's known noise
+    goes first, then the middle (the first lines name the cause, the last ones are the
+    launcher's summary)."""
+    if len(said) <= keep:
+        return said
+    telling = [ln for ln in said if not _LAUNCHER_NOISE.search(ln)]
+    noise = len(said) - len(telling)
+    room = keep - 1 if noise else keep
+    if len(telling) > room:
+        head = room // 3
+        telling = [*telling[:head], f"... ({len(telling) - room + 1} lines left out, all in stderr.txt)",
+                   *telling[len(telling) - (room - head - 1):]]
+    if noise:
+        telling.append(f"({noise} launcher warning line(s) left out, all in stderr.txt)")
+    return telling
 
 
 def _mpi_failure_digest(task_id: str, outcome, subtasks, addresses: dict[str, str], stderr: str,
@@ -1124,11 +1146,7 @@ def _mpi_failure_digest(task_id: str, outcome, subtasks, addresses: dict[str, st
         if line.startswith("    resources: "):
             start = i + 1
     end = next((i for i in range(start, len(lines)) if lines[i].startswith(_RULE_OUTPUT_ENDS)), len(lines))
-    said = [ln.rstrip() for ln in lines[start:end] if ln.strip() and set(ln.strip()) != {"-"}]
-    if len(said) > keep:  # the first lines name the cause, the last ones are the launcher's summary
-        head = keep // 3
-        said = [*said[:head], f"... ({len(said) - keep + 1} lines left out, all in stderr.txt)",
-                *said[len(said) - (keep - head - 1):]]
+    said = _shortened([ln.rstrip() for ln in lines[start:end] if ln.strip() and set(ln.strip()) != {"-"}], keep)
     out = [f"MPI task {task_id}: {1 + len(subtasks)} node(s), exit code {outcome.exit_code} on the primary"]
     primary = outcome.node_id or "?"
     out.append(f"  primary    node {primary} ({addresses.get(primary, '?')}): ran the MPI launcher")

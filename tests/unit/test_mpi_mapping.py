@@ -264,6 +264,30 @@ def test_digest_names_failed_subtasks_and_shortens_long_output():
     assert len(text.splitlines()) <= 20  # fits the error message's stderr tail
 
 
+def test_digest_leaves_the_launchers_noise_out_before_the_ranks_own_lines():
+    """Under load Open MPI's ssh launcher warns once per remote daemon; those warnings must not push
+    the failing rank's line out of the digest."""
+    warning = "[h1:00{i}] plm:ssh: Warning: setpgid(4{i},4{i}) failed in parent with errno=Operation not permitted(1)"
+    abort = [f"MPI_ABORT detail {i}" for i in range(10)]
+    said = "\n".join([*(warning.format(i=i) for i in range(6)), "pi: rank 3 on host h2 (node n2) fails on purpose",
+                      *abort, "prterun has exited due to process rank 3 calling abort"])
+    text = _mpi_failure_digest("t", SimpleNamespace(exit_code=1, node_id="n1"), [_sub(1, "n2")], {},
+                               SNAKEMAKE_STDERR.format(said=said), keep=12)
+    digest = text[text.index("(last lines):"):].splitlines()[1:]
+    assert len(digest) == 12
+    assert digest[0] == "  pi: rank 3 on host h2 (node n2) fails on purpose"
+    assert "setpgid" not in text and digest[-1] == "  (6 launcher warning line(s) left out, all in stderr.txt)"
+    assert digest[-2] == "  prterun has exited due to process rank 3 calling abort"
+    assert "(2 lines left out, all in stderr.txt)" in text  # 12 telling lines in 11 places
+
+
+def test_digest_keeps_the_launchers_noise_when_there_is_room():
+    said = "[h1:001] plm:ssh: Warning: setpgid(41,41) failed in parent\npi: rank 3 fails on purpose"
+    text = _mpi_failure_digest("t", SimpleNamespace(exit_code=1, node_id="n1"), [], {},
+                               SNAKEMAKE_STDERR.format(said=said), keep=12)
+    assert "plm:ssh: Warning: setpgid(41,41)" in text and "left out" not in text
+
+
 def test_digest_without_stderr():
     text = _mpi_failure_digest("t", SimpleNamespace(exit_code=None, node_id=None), [], {}, "")
     assert "1 node(s)" in text and "stderr.txt could not be downloaded" in text
