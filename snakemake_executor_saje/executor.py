@@ -32,7 +32,7 @@ from snakemake_interface_executor_plugins.utils import format_cli_arg
 from . import allocation, armpools, checkpoints, containers, credentials, leftovers, mapping, mpi, node_cache, node_check, pools, runs, sources
 from .observer import RunObserver, peak_memory_mb
 from .runrecord import ClockMap
-from .batch import BatchGateway, BatchSubmitError, describe_http_error, outcome_of, quiet_azure_sdk_logging
+from .batch import BatchGateway, BatchSubmitError, TaskOutcome, describe_http_error, outcome_of, quiet_azure_sdk_logging
 from .batch import connect as batch_connect
 from .downloads import Downloads
 from .poolwatch import PoolWatch, StartTaskFailure
@@ -610,21 +610,21 @@ class Executor(RemoteExecutor):
             if task is None:
                 yield info
             else:
-                finished.append((info, task))
-        for info, task in finished:
-            outcome = outcome_of(task)
+                finished.append((info, outcome_of(task)))
+        del completed  # the listing's SDK models: only the outcomes are kept
+        for info, outcome in finished:
             if outcome.succeeded and self._outputs_come_back():
-                self._start_download(info, task)
+                self._start_download(info, outcome)
                 fetching.append(info)
                 continue
             missing = []
             if outcome.succeeded and self.uses_default_storage and info.job.is_checkpoint:
                 missing = await _retrieve_checkpoint_outputs(info.job)
-            self._done(info, task, missing)
+            self._done(info, outcome, missing)
         reported = set()
-        for (info, task), missing in self.downloads.finished(DOWNLOAD_WAIT_SECONDS if fetching else 0):
+        for (info, outcome), missing in self.downloads.finished(DOWNLOAD_WAIT_SECONDS if fetching else 0):
             reported.add(info.external_jobid)
-            self._done(info, task, missing)
+            self._done(info, outcome, missing)
         for info in fetching:
             if info.external_jobid not in reported:
                 yield info
@@ -679,18 +679,17 @@ class Executor(RemoteExecutor):
         """Route (b): SAJE brings a succeeded job's outputs back from the run's container itself."""
         return self.staging is not None and not self.uses_default_storage
 
-    def _start_download(self, info: SubmittedJobInfo, task) -> None:
+    def _start_download(self, info: SubmittedJobInfo, outcome: TaskOutcome) -> None:
         """The job's outputs, in the background (downloads.py); a later poll reports the job."""
         staging, paths = self.staging, _output_paths(info.job)
         assert staging is not None
         self.downloads.start(info.external_jobid, lambda: staging.download_outputs(info.external_jobid, paths),
-                             (info, task))
+                             (info, outcome))
 
-    def _done(self, info: SubmittedJobInfo, task, missing: list[str]) -> None:
+    def _done(self, info: SubmittedJobInfo, outcome: TaskOutcome, missing: list[str]) -> None:
         """Report a job whose task completed (and whose outputs, if any come back, are here)."""
-        outcome = outcome_of(task)
         self._finish(info, outcome, missing)
-        self.observer.finished(task, log_dir=LOG_DIR / info.aux["batch_job"] / info.external_jobid,
+        self.observer.finished(outcome, log_dir=LOG_DIR / info.aux["batch_job"] / info.external_jobid,
                                peak_memory_mb=peak_memory_mb(_products(info.job)[2]) if outcome.succeeded else None)
 
     def _finish(self, info: SubmittedJobInfo, outcome, missing: list[str]) -> None:

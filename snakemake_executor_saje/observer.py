@@ -176,23 +176,20 @@ class RunObserver:
             self.hinted = True
             self.logger.info(watch_hint(self.record.emulated))
 
-    def finished(self, task: Any, *, log_dir: Path | None = None, peak_memory_mb: float | None = None) -> None:
-        """A completed BatchTask (the poll's fields: executionInfo, nodeInfo)."""
-        self._safely(self._finished, task, log_dir, peak_memory_mb)
+    def finished(self, outcome: Any, *, log_dir: Path | None = None, peak_memory_mb: float | None = None) -> None:
+        """A completed task (batch.TaskOutcome)."""
+        self._safely(self._finished, outcome, log_dir, peak_memory_mb)
 
-    def _finished(self, task: Any, log_dir: Path | None, peak_memory_mb: float | None) -> None:
-        record = self.record.tasks.get(task.id)
+    def _finished(self, outcome: Any, log_dir: Path | None, peak_memory_mb: float | None) -> None:
+        record = self.record.tasks.get(outcome.task_id)
         if record is None:
             return
-        info = task.execution_info
-        failure = info.failure_info if info else None
-        result = str(getattr(info.result, "value", info.result) or "").lower() if info else ""
-        record.outcome = "succeeded" if result == "success" and failure is None else "failed"
-        record.started, record.ended = (self._local(info.start_time), self._local(info.end_time)) if info else (None, None)
-        record.exit_code = info.exit_code if info else None
-        record.failure_code = failure.code if failure else None
-        record.retries, record.requeues = int(info.retry_count or 0) if info else 0, int(info.requeue_count or 0) if info else 0
-        record.node_id = task.node_info.node_id if task.node_info else record.node_id
+        record.outcome = "succeeded" if outcome.succeeded else "failed"
+        record.started, record.ended = self._local(outcome.start_time), self._local(outcome.end_time)
+        record.exit_code = outcome.exit_code
+        record.failure_code = outcome.failure_code
+        record.retries, record.requeues = outcome.retry_count, outcome.requeue_count
+        record.node_id = outcome.node_id or record.node_id
         record.log_dir = str(log_dir) if log_dir is not None and record.outcome == "failed" else None
         record.peak_memory_mb = peak_memory_mb
 

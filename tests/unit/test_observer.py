@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from snakemake_executor_saje import observer, prices, report, runrecord
+from snakemake_executor_saje.batch import TaskOutcome
 from snakemake_executor_saje.observer import PoolFacts, RunObserver, wait_reason
 from snakemake_executor_saje.runrecord import ClockMap, RunRecord
 
@@ -56,10 +57,8 @@ def table() -> prices.PriceTable:
 
 
 def completed_task(task_id: str, start: float, end: float, node_id: str, *, exit_code=0, retries=0, requeues=0):
-    failure = None if exit_code == 0 else SimpleNamespace(code="FailureExitCode")
-    return SimpleNamespace(id=task_id, node_info=SimpleNamespace(node_id=node_id), execution_info=SimpleNamespace(
-        start_time=when(start), end_time=when(end), exit_code=exit_code, failure_info=failure,
-        result="success" if exit_code == 0 else "failure", retry_count=retries, requeue_count=requeues))
+    return TaskOutcome(task_id, exit_code == 0, exit_code, None if exit_code == 0 else "FailureExitCode", None, node_id,
+                       "p", when(start), when(end), retries, requeues)
 
 
 @pytest.fixture
