@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/compare.py                      # N=1,000: local, saje, saje-storage, peer
     .venv/bin/python benchmarks/compare.py --n 10000            # local, saje
+    .venv/bin/python benchmarks/compare.py --n 10000 --rows saje --jobs 200  # 200 jobs in flight, as profiles/ run
     .venv/bin/python benchmarks/compare.py --runs 3 --peer-runs 1 --n 1000 --n 10000  # the table of docs/performance.md
 
 The workflow: N independent jobs, each `mkdir -p out && echo I > out/I.txt`, and a local `all`.
@@ -81,6 +82,7 @@ class Result:
     by_kind: dict[str, int] = field(default_factory=dict)
     load: float = 0.0
     parts: dict[str, float] = field(default_factory=dict)
+    jobs: int | None = None  # Snakemake's --jobs of a SAJE row, when not N
 
 
 # --------------------------------------------------------------------- processes and their CPU
@@ -201,6 +203,7 @@ def _cpu_or_zero(pid: int) -> float:
 
 # --------------------------------------------------------------------- one row
 PROFILE: Path | None = None  # --profile: py-spy samples the emulator and Snakemake (their CPU then counts py-spy's)
+JOBS: int | None = None  # --jobs: Snakemake's --jobs for SAJE's rows (None: N, every job in flight at once)
 
 
 def py_spy(output: Path, *target: str) -> list[str]:
@@ -262,7 +265,7 @@ def run_row(row: str, n: int, scratch: Path) -> Result:
             env.update(extra)
             env.pop("PYTHONPATH", None)  # Snakemake would find SAJE's plugin there, which needs azure-batch 15
         else:
-            python, args = sys.executable, [*SAJE_FLAGS, "--jobs", str(n), "--quiet", "all"]
+            python, args = sys.executable, [*SAJE_FLAGS, "--jobs", str(JOBS or n), "--quiet", "all"]
             if row == "saje-storage":
                 args += storage_args(emulator, env)
         ok, wall, own, data = run_snakemake(python, row, workdir, env, args)
@@ -278,7 +281,8 @@ def run_row(row: str, n: int, scratch: Path) -> Result:
     by_kind = {k: calls_after.get(k, 0) - calls_before.get(k, 0) for k in calls_after
                if calls_after.get(k, 0) - calls_before.get(k, 0)}
     return Result(row, n, ok, wall, total, own, data.get("peak_rss_mib", 0.0), calls=sum(by_kind.values()),
-                  polls=data.get("polls"), by_kind=by_kind, load=load, parts={"snakemake": round(own, 2), **parts})
+                  polls=data.get("polls"), by_kind=by_kind, load=load, parts={"snakemake": round(own, 2), **parts},
+                  jobs=JOBS if row != "peer" else None)
 
 
 def storage_args(emulator: EmulatorProcess, env: dict[str, str]) -> list[str]:
@@ -316,7 +320,7 @@ def median_result(results: list[Result]) -> Result:
                   med("snakemake_cpu"), med("peak_rss_mib"),
                   calls=None if first.calls is None else int(med("calls")),
                   polls=None if first.polls is None else int(med("polls")), by_kind=first.by_kind,
-                  load=max(r.load for r in results))
+                  load=max(r.load for r in results), jobs=first.jobs)
 
 
 def table(results: list[Result]) -> str:
@@ -328,7 +332,7 @@ def table(results: list[Result]) -> str:
         base = local.get(r.n)
         ratio = (lambda a, b: f"{a / b:.2f}" if base and b else "-")  # noqa: E731
         lines.append(
-            f"| {r.row} | {r.n:,} | {r.wall:.1f} | {r.total_cpu:.1f} | {1000 * r.total_cpu / r.n:.1f} "
+            f"| {r.row}{f' --jobs {r.jobs}' if r.jobs else ''} | {r.n:,} | {r.wall:.1f} | {r.total_cpu:.1f} | {1000 * r.total_cpu / r.n:.1f} "
             f"| {r.snakemake_cpu:.1f} | {r.peak_rss_mib:.0f} | {'-' if r.calls is None else f'{r.calls / r.n:.3f}'} "
             f"| {ratio(r.wall, base.wall if base else 0)} | {ratio(r.total_cpu, base.total_cpu if base else 0)} "
             f"| {ratio(r.snakemake_cpu, base.snakemake_cpu if base else 0)} "
@@ -363,12 +367,14 @@ def main() -> int:
                         f"N={MAX_PEER_N:,}, local,saje above)")
     parser.add_argument("--runs", type=int, default=1, help="runs per row; the table shows medians")
     parser.add_argument("--peer-runs", type=int, help="runs of the peer row (default --runs; one takes minutes)")
+    parser.add_argument("--jobs", type=int, help="Snakemake's --jobs for SAJE's rows (default: N, every job in flight "
+                        "at once; the profiles under profiles/ use 200)")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("--profile", type=Path, help="write py-spy's collapsed stacks of the emulator and Snakemake "
                         "here (pip install .[bench]); CPU figures then include py-spy's")
     args = parser.parse_args()
-    global PROFILE
-    PROFILE = args.profile
+    global PROFILE, JOBS
+    PROFILE, JOBS = args.profile, args.jobs
     if PROFILE is not None:
         PROFILE.mkdir(parents=True, exist_ok=True)
     become_subreaper()
