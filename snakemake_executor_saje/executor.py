@@ -753,13 +753,17 @@ class Executor(RemoteExecutor):
         task, which subtask failed, and what the ranks and the launcher wrote to stderr; then the
         task's stderr.txt and the logs of failed subtasks."""
         target = LOG_DIR / info.aux["batch_job"] / info.external_jobid
+        is_mpi = mapping.is_mpi(mapping.job_spec_from_job(info.job, ""))
+        # First, while they are surely in the pool: an idle pool may let a failed MPI task's
+        # nodes go at its next autoscale evaluation, taking their addresses along.
+        addresses = self._node_addresses(outcome.pool_id) if is_mpi else {}
         logs = []
         for name in ("stdout.txt", "stderr.txt"):
             if self.batch.download_task_file(info.aux["batch_job"], info.external_jobid, name, target / name) or (
                 self.staging is not None and self.staging.download_log(info.external_jobid, name, target / name)
             ):
                 logs.append(target / name)
-        if not mapping.is_mpi(mapping.job_spec_from_job(info.job, "")):
+        if not is_mpi:
             return logs
         try:
             subtasks = self.batch.subtasks(info.aux["batch_job"], info.external_jobid)
@@ -777,7 +781,7 @@ class Executor(RemoteExecutor):
         try:  # a digest is a courtesy: never let it stop the status loop
             digest.parent.mkdir(parents=True, exist_ok=True)
             digest.write_text(_mpi_failure_digest(
-                info.external_jobid, outcome, subtasks, self._node_addresses(outcome.pool_id),
+                info.external_jobid, outcome, subtasks, addresses,
                 stderr.read_text(errors="replace") if stderr else ""))
             logs.insert(1, digest)
         except Exception as exc:  # noqa: BLE001
