@@ -30,7 +30,7 @@ from .resilience import BatchRetryPolicy, Patience, describe_http_error, diagnos
 # What a poll needs of a task; keeping the list short keeps each poll cheap at 10,000 tasks.
 POLL_FIELDS = ["id", "state", "stateTransitionTime", "executionInfo", "nodeInfo"]
 # What the run's record needs of a node (observer.py): its lifetime, state and priority.
-NODE_FIELDS = ["id", "state", "stateTransitionTime", "allocationTime", "isDedicated", "vmSize"]
+NODE_FIELDS = ["id", "state", "stateTransitionTime", "allocationTime", "isDedicated", "vmSize", "ipAddress"]
 CREATE_CONCURRENCY = 4
 TERMINATE_REASON = "SAJE: run cancelled"
 TERMINATE_WAIT_SECONDS = 120.0

@@ -754,9 +754,6 @@ class Executor(RemoteExecutor):
         task's stderr.txt and the logs of failed subtasks."""
         target = LOG_DIR / info.aux["batch_job"] / info.external_jobid
         is_mpi = mapping.is_mpi(mapping.job_spec_from_job(info.job, ""))
-        # First, while they are surely in the pool: an idle pool may let a failed MPI task's
-        # nodes go at its next autoscale evaluation, taking their addresses along.
-        addresses = self._node_addresses(outcome.pool_id) if is_mpi else {}
         logs = []
         for name in ("stdout.txt", "stderr.txt"):
             if self.batch.download_task_file(info.aux["batch_job"], info.external_jobid, name, target / name) or (
@@ -781,21 +778,12 @@ class Executor(RemoteExecutor):
         try:  # a digest is a courtesy: never let it stop the status loop
             digest.parent.mkdir(parents=True, exist_ok=True)
             digest.write_text(_mpi_failure_digest(
-                info.external_jobid, outcome, subtasks, addresses,
+                info.external_jobid, outcome, subtasks, self.observer.node_addresses(outcome.pool_id or ""),
                 stderr.read_text(errors="replace") if stderr else ""))
             logs.insert(1, digest)
         except Exception as exc:  # noqa: BLE001
             self.logger.warning(f"SAJE: no MPI failure digest for task {info.external_jobid}: {exc!r}")
         return logs
-
-    def _node_addresses(self, pool_id: str | None) -> dict[str, str]:
-        """node id -> IP address (what AZ_BATCH_HOST_LIST and MPICH's messages use), best effort."""
-        if not pool_id:
-            return {}
-        try:
-            return {n.id: n.ip_address or "?" for n in self.batch.client.list_nodes(pool_id, select=["id", "ipAddress"])}
-        except AzureError:
-            return {}
 
     def _check_pools(self, waiting_jobs: set[str]) -> dict[str, str]:
         """Report each pool's resize errors and start-task failures once, with their Batch codes.

@@ -176,6 +176,13 @@ class RunObserver:
             self.hinted = True
             self.logger.info(watch_hint(self.record.emulated))
 
+    def node_addresses(self, pool_id: str) -> dict[str, str]:
+        """node id -> IP address (what AZ_BATCH_HOST_LIST and MPICH's messages use) of every node
+        the run's polls saw in the pool: also of those gone since, as a failed MPI task's nodes can
+        be by the time its logs come down (an idle pool lets them go at its next autoscale)."""
+        return {rec.node_id: rec.ip_address for rec in self.record.nodes.values()
+                if rec.pool_id == pool_id and rec.ip_address}
+
     def finished(self, outcome: Any, *, log_dir: Path | None = None, peak_memory_mb: float | None = None) -> None:
         """A completed task (batch.TaskOutcome)."""
         self._safely(self._finished, outcome, log_dir, peak_memory_mb)
@@ -241,6 +248,7 @@ class RunObserver:
                 rec = self.record.nodes[key] = NodeRecord(pool.pool_id, node.id, node.vm_size or pool.vm_size,
                                                           bool(node.is_dedicated), allocated, now, now)
             rec.last_seen = now
+            rec.ip_address = node.ip_address or rec.ip_address
             if state != rec.state:
                 rec.states.append((self._local(node.state_transition_time) or now, state))
                 rec.state = state

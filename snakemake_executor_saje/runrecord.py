@@ -129,6 +129,7 @@ class NodeRecord:
     first_seen: float
     last_seen: float
     state: str = ""
+    ip_address: str = ""  # what AZ_BATCH_HOST_LIST and MPI launchers' messages name it by
     ended: float | None = None  # left the pool (between two polls: the midpoint) or pool deleted
     missing_at: float | None = None  # the poll that found it gone (its end lies in [last_seen, missing_at])
     preempted_at: float | None = None

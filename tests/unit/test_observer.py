@@ -39,9 +39,9 @@ def when(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc)
 
 
-def node(node_id: str, state: str, allocated: float, since: float, dedicated: bool = True):
+def node(node_id: str, state: str, allocated: float, since: float, dedicated: bool = True, ip: str | None = None):
     return SimpleNamespace(id=node_id, state=state, allocation_time=when(allocated), state_transition_time=when(since),
-                           is_dedicated=dedicated, vm_size="standard_d2s_v5")
+                           is_dedicated=dedicated, vm_size="standard_d2s_v5", ip_address=ip)
 
 
 def spec(rule: str, jobid: int, attempt: int = 1):
@@ -246,6 +246,21 @@ def test_records_round_trip_and_feed_the_report(run):
         assert task_id in page
     assert 'id="saje-timeline"' in page and 'id="saje-nodes"' in page and 'id="saje-cost"' in page
     assert "https://cdn" not in page.split("</script>", 1)[1]  # plotly.js is inline, nothing fetched
+
+
+def test_node_addresses_outlive_the_nodes(run, tmp_path):
+    """A failed MPI task's digest names its nodes' addresses even when they left the pool before
+    its completion was seen: the addresses the polls saw are kept, and written with the record."""
+    obs, clock, _ = run
+    pool = obs.record.pools["p"]
+    obs.update_pool(pool, [node("n1", "running", T0, T0, ip="10.0.0.4"), node("n2", "running", T0, T0, ip="10.0.0.5")],
+                    counts(running=1), T0 + 5)
+    obs.update_pool(pool, [node("n2", "idle", T0, T0 + 8, ip=None)], counts(completed=1), T0 + 10)  # n1 gone
+    assert obs.node_addresses("p") == {"n1": "10.0.0.4", "n2": "10.0.0.5"}
+    assert obs.node_addresses("other") == {}
+    obs.save()
+    record, _ = runrecord.load(obs.directory)
+    assert record.nodes["p/n1"].ip_address == "10.0.0.4"
 
 
 def test_a_restored_spot_node_is_billed_again_from_its_return():

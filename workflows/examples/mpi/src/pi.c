@@ -17,7 +17,10 @@
    Linux or without such a daemon it falls back to the rank's own AZ_BATCH_NODE_ID.
 
    FAIL_RANK >= 0 makes that rank report itself on stderr and call MPI_Abort(3): the way a
-   crashing rank looks to the launcher (used by the tests). */
+   crashing rank looks to the launcher (used by the tests). It waits a second between the two:
+   an abort makes the launcher kill every rank at once, and MPICH's hydra can then drop what a
+   rank on another node wrote just before (its proxy forwards the abort before the rank's
+   stderr), so the message would reach no log. */
 #include <mpi.h>
 #include <math.h>
 #include <stdio.h>
@@ -59,6 +62,7 @@ int main(int argc, char **argv) {
     if (rank == fail_rank) {
         fprintf(stderr, "pi: rank %d on host %s (node %s) fails on purpose\n", rank, host, node);
         fflush(stderr);
+        sleep(1); /* let the launcher forward the line before the abort tears the job down */
         MPI_Abort(MPI_COMM_WORLD, 3);
     }
 
