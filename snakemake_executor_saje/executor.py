@@ -753,14 +753,13 @@ class Executor(RemoteExecutor):
         task, which subtask failed, and what the ranks and the launcher wrote to stderr; then the
         task's stderr.txt and the logs of failed subtasks."""
         target = LOG_DIR / info.aux["batch_job"] / info.external_jobid
-        is_mpi = mapping.is_mpi(mapping.job_spec_from_job(info.job, ""))
         logs = []
         for name in ("stdout.txt", "stderr.txt"):
             if self.batch.download_task_file(info.aux["batch_job"], info.external_jobid, name, target / name) or (
                 self.staging is not None and self.staging.download_log(info.external_jobid, name, target / name)
             ):
                 logs.append(target / name)
-        if not is_mpi:
+        if not mapping.is_mpi(mapping.job_spec_from_job(info.job, "")):
             return logs
         try:
             subtasks = self.batch.subtasks(info.aux["batch_job"], info.external_jobid)

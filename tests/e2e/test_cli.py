@@ -455,36 +455,36 @@ def test_job_tasks_state_node_exit_code_duration(saje, client, capsys):
         delete_pool(saje, pool_id)
 
 
-def _read_until(fd: int, text: str, seen: bytearray, timeout: float = 60.0) -> None:
-    """Read a pty's output into `seen` until `text` is in it (fail the test at `timeout`)."""
+def _read_some(fd: int, seen: bytearray, wait: float) -> bool:
+    """Add what a pty has to read within `wait` seconds to `seen`; False once the child closed it."""
     import select
 
+    ready, _, _ = select.select([fd], [], [], wait)
+    if ready:
+        try:
+            seen.extend(os.read(fd, 65536))
+        except OSError:
+            return False
+    return True
+
+
+def _read_until(fd: int, text: str, seen: bytearray, timeout: float = 60.0) -> None:
+    """Read a pty's output into `seen` until `text` is in it (fail the test at `timeout`)."""
     deadline = time.monotonic() + timeout
     while text.encode() not in seen:
         left = deadline - time.monotonic()
         if left <= 0:
             pytest.fail(f"{text!r} never appeared; the terminal showed:\n{seen.decode(errors='replace')[-3000:]}")
-        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-        if ready:
-            try:
-                seen.extend(os.read(fd, 65536))
-            except OSError:  # the child closed the terminal
-                pytest.fail(f"the terminal closed before {text!r} appeared:\n{seen.decode(errors='replace')[-3000:]}")
+        if not _read_some(fd, seen, min(left, 1.0)):
+            pytest.fail(f"the terminal closed before {text!r} appeared:\n{seen.decode(errors='replace')[-3000:]}")
 
 
 def _drain_until_exit(fd: int, proc: subprocess.Popen, seen: bytearray, timeout: float = 60.0) -> int:
     """Read a pty's output, as a terminal would, until its process exits: one whose output nobody
     reads blocks in its last write (rich's Live prints its final view on leaving) and never exits."""
-    import select
-
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                seen.extend(os.read(fd, 65536))
-            except OSError:  # the child closed the terminal
-                break
+    while proc.poll() is None and time.monotonic() < deadline and _read_some(fd, seen, 0.2):
+        pass
     return proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 1)
 
 

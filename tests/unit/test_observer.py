@@ -248,7 +248,7 @@ def test_records_round_trip_and_feed_the_report(run):
     assert "https://cdn" not in page.split("</script>", 1)[1]  # plotly.js is inline, nothing fetched
 
 
-def test_node_addresses_outlive_the_nodes(run, tmp_path):
+def test_node_addresses_outlive_the_nodes(run):
     """A failed MPI task's digest names its nodes' addresses even when they left the pool before
     its completion was seen: the addresses the polls saw are kept, and written with the record."""
     obs, clock, _ = run
