@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -485,7 +486,16 @@ def _drain_until_exit(fd: int, proc: subprocess.Popen, seen: bytearray, timeout:
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline and _read_some(fd, seen, 0.2):
         pass
-    return proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 1)
+    try:
+        return proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 1)
+    except subprocess.TimeoutExpired:
+        # Run with PYTHONFAULTHANDLER=1: SIGABRT makes it print every thread's stack on the terminal.
+        proc.send_signal(signal.SIGABRT)
+        end = time.monotonic() + 5
+        while time.monotonic() < end and _read_some(fd, seen, 0.2):
+            pass
+        pytest.fail(f"still running {timeout:g} s later; its stacks and the terminal's end:\n"
+                    f"{seen.decode(errors='replace')[-6000:]}")
 
 
 def test_status_watch_redraws_in_a_terminal_until_ctrl_c(env, client):
@@ -505,7 +515,7 @@ def test_status_watch_redraws_in_a_terminal_until_ctrl_c(env, client):
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 220, 0, 0))
     saje = str(Path(sys.executable).parent / "saje")
     proc = subprocess.Popen([saje, "status", "--watch", "--interval", "0.5"], stdin=slave, stdout=slave, stderr=slave,
-                            env={**env, "TERM": "xterm"}, start_new_session=True, close_fds=True,
+                            env={**env, "TERM": "xterm", "PYTHONFAULTHANDLER": "1"}, start_new_session=True, close_fds=True,
                             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
     os.close(slave)
     seen = bytearray()
