@@ -108,7 +108,7 @@ def run_snakemake(workdir: Path, env: dict[str, str], *args: str, timeout: float
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
 
 
-def _default_sigint() -> None:
+def default_sigint() -> None:
     """In the child: SIGINT as a terminal gives it. A suite started in the background by a
     non-interactive shell (`cmd &`) inherits SIGINT *ignored*, and Python then installs no
     KeyboardInterrupt handler: Ctrl-C tests would test the caller's shell, not SAJE."""
@@ -117,4 +117,4 @@ def _default_sigint() -> None:
 
 def start_snakemake(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen([SNAKEMAKE, *FAST_FLAGS, *args], cwd=workdir, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=default_sigint)

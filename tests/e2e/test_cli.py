@@ -24,6 +24,7 @@ from snakemake_executor_saje import catalogue
 from snakemake_executor_saje.cli import client_environment, main
 from snakemake_executor_saje.emulator import Emulator
 from tests.conftest import FAST, TIME_SCALE, unique_id, wait_for
+from tests.e2e.conftest import default_sigint
 
 pytestmark = pytest.mark.e2e
 
@@ -516,7 +517,7 @@ def test_status_watch_redraws_in_a_terminal_until_ctrl_c(env, client):
     saje = str(Path(sys.executable).parent / "saje")
     proc = subprocess.Popen([saje, "status", "--watch", "--interval", "0.5"], stdin=slave, stdout=slave, stderr=slave,
                             env={**env, "TERM": "xterm", "PYTHONFAULTHANDLER": "1"}, start_new_session=True, close_fds=True,
-                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+                            preexec_fn=lambda: (default_sigint(), fcntl.ioctl(0, termios.TIOCSCTTY, 0)))
     os.close(slave)
     seen = bytearray()
     try:

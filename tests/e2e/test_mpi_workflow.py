@@ -26,6 +26,7 @@ import pytest
 
 from snakemake_executor_saje.emulator import mpi_install
 from tests.conftest import TIME_SCALE
+from tests.e2e.conftest import default_sigint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
 
@@ -195,7 +196,7 @@ def test_preempted_spot_mpi_task_is_requeued(tmp_path, monkeypatch):
         proc = subprocess.Popen(
             _snakemake("--saje-mpi-flavor", "openmpi", "--preemptible-rules", "spread", "--saje-mpi-allow-spot",
                        "--preemptible-retries", "1"),
-            cwd=wf, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cwd=wf, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
         try:
             client = emu.client()
             pool_id, job_id, task_id, nodes = _running_multi_instance_task(client)

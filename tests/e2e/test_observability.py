@@ -82,7 +82,10 @@ def test_progress_lines_come_before_the_first_job_finishes(run: Run):
     assert any("saje status --watch" in line for line in before)
     progress = [line for line in before if line.startswith("SAJE progress: pool ")]
     assert any(re.search(r"nodes \d+ (allocating|booting|idle|running)", line) for line in progress), "\n".join(before)
-    assert any(re.search(r"tasks \d+ queued, \d+ running, 0 done", line) for line in progress)
+    # Tasks in flight are counted; not necessarily with "0 done": the broken rule's task fails at
+    # once and, on a loaded machine, can be counted before the first progress line is written.
+    counts = [re.search(r"tasks (\d+) queued, (\d+) running, (\d+) done", line) for line in progress]
+    assert any(c and int(c[1]) + int(c[2]) > 0 for c in counts), "\n".join(before)
     assert all("cost so far" in line for line in progress)
     # every task is named by a submission line (or counted in its "and N more")
     named = sum(int(re.match(r"SAJE: (\d+) task", line).group(1)) for line in submitted)
