@@ -515,9 +515,14 @@ def test_status_watch_redraws_in_a_terminal_until_ctrl_c(env, client):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 220, 0, 0))
     saje = str(Path(sys.executable).parent / "saje")
+
+    def in_a_terminal() -> None:  # in the child: Ctrl-C's SIGINT as a shell gives it, the pty as its terminal
+        default_sigint()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
     proc = subprocess.Popen([saje, "status", "--watch", "--interval", "0.5"], stdin=slave, stdout=slave, stderr=slave,
                             env={**env, "TERM": "xterm", "PYTHONFAULTHANDLER": "1"}, start_new_session=True, close_fds=True,
-                            preexec_fn=lambda: (default_sigint(), fcntl.ioctl(0, termios.TIOCSCTTY, 0)))
+                            preexec_fn=in_a_terminal)
     os.close(slave)
     seen = bytearray()
     try:
